@@ -1,0 +1,82 @@
+"""Tiny, offline, deterministic fixtures: tokenizers, InternVL checkpoints, a reasoning LLM.
+
+Everything is built in-process in a few seconds with no download, so every test (conversion,
+packing, training, rollout) runs against files shaped like the real ones:
+
+    from sophia_common.tiny import build_all
+    paths = build_all("/tmp/tiny")      # {"tokenizer_bpe": Path, "vit300m_qwen2_hf": Path, ...}
+
+or ``python -m sophia_common.tiny --out DIR``. Builders write each dir under a temporary name and
+rename it (atomic), stamp it with ``tiny_fixture.json`` and reuse a dir whose stamp matches.
+
+Importing this package is light: torch, transformers, tokenizers and sentencepiece are imported
+inside the builders only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+STAMP_NAME = "tiny_fixture.json"
+BUILDER_VERSION = 1
+
+_LAZY_EXPORTS = {
+    "build_tokenizer": "sophia_common.tiny.tokenizer",
+    "build_internvl": "sophia_common.tiny.internvl",
+    "build_all": "sophia_common.tiny.internvl",
+    "TINY_SHAPES": "sophia_common.tiny.internvl",
+    "build_reasoner": "sophia_common.tiny.reasoner",
+}
+__all__ = [*_LAZY_EXPORTS, "build_atomically", "write_json"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as indented UTF-8 JSON with a trailing newline (the HF files' style)."""
+    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _stamp_matches(out: Path, stamp: dict) -> bool:
+    path = out / STAMP_NAME
+    return path.is_file() and json.loads(path.read_text(encoding="utf-8")) == stamp
+
+
+def build_atomically(out: str | Path, stamp: dict, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp_dir)`` and rename the result to ``out``; reuse ``out`` when its stamp matches.
+
+    A dir is only ever published complete (by rename), so an existing ``out`` carrying the same
+    stamp is reused as is; one with another stamp (older builder, other seed or dtype) is replaced.
+    """
+    out = Path(out)
+    stamp = {"builder_version": BUILDER_VERSION, **stamp}
+    if _stamp_matches(out, stamp):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        write(tmp)
+        write_json(tmp / STAMP_NAME, stamp)
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(trash / out.name)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process published the same dir first
+            if not _stamp_matches(out, stamp):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
