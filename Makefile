@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine:
+#   make test   create .venv if needed, install, run the whole suite
+#   make demo   create .venv if needed, install, run the SOPHIA loop on the tiny default
+# CPU hosts get the local CPU build of torch first, so nothing can pull a CUDA torch.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml requirements/cpu-constraints.txt | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu-constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c requirements/cpu-constraints.txt -e ".[train,rollout-cpu,dev]"
+	@# vLLM pulls torchvision/torchaudio wheels built against CUDA torch; on a CPU-only host
+	@# they break `import transformers` (DESIGN §4), and nothing here needs them.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m sophia_common.demo $(DEMO_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache
