@@ -94,6 +94,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 def summarize(plan: PackPlan, tiles: np.ndarray | None, seconds: float) -> dict:
     packed_tiles = int(plan.pack_tiles.sum())
     bound = lower_bound_packs(plan.packed_tokens, packed_tiles, plan.max_tokens, plan.max_tiles)
+    best_efficiency = plan.packed_tokens / (bound * plan.max_tokens) if bound else 0.0
     return {
         "samples": int(len(plan.sample_order) + len(plan.dropped)),
         "packed_samples": int(len(plan.sample_order)),
@@ -102,7 +103,7 @@ def summarize(plan: PackPlan, tiles: np.ndarray | None, seconds: float) -> dict:
         "seconds": round(seconds, 4),
         "lower_bound_packs": bound,
         "packs_over_lower_bound": plan.num_packs - bound,
-        "efficiency_at_lower_bound": round(plan.packed_tokens / (bound * plan.max_tokens), 6) if bound else 0.0,
+        "efficiency_at_lower_bound": round(best_efficiency, 6),
         "tokens": plan.packed_tokens,
         "tiles": packed_tiles if tiles is not None else None,
         "dropped": int(len(plan.dropped)),
