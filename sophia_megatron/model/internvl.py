@@ -1,0 +1,120 @@
+"""InternVL in Megatron-Core: frozen vision path + Megatron ``GPTModel`` language backbone.
+
+Built from an ``InternVLArch`` (what the converter writes into checkpoint metadata). The
+first pipeline stage holds the vision path and the word embeddings; the image embeddings
+replace the ``<IMG_CONTEXT>`` token embeddings in order, and the result enters the decoder
+as ``decoder_input``. Later stages hold only their block of decoder layers.
+
+State-dict keys: ``vision.tower.*`` and ``vision.projector.*`` (first stage only) and
+``language_model.*`` (a GPTModel: ``embedding.word_embeddings``, ``decoder.layers.N.*``,
+``decoder.final_layernorm``, ``output_layer``), for both layer specs: the local spec on CPU
+and the Transformer Engine spec (fused pre-norms, FP8-capable) on GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from conversion.arch import InternVLArch, padded_vocab_size
+from sophia_megatron.model.vision import VisionPath
+
+
+def language_config(arch: InternVLArch, *, tp: int, pp: int, params_dtype: torch.dtype = torch.float32,
+                    sequence_parallel: bool = False, fusions: bool = False, **overrides: Any) -> Any:
+    """The Megatron ``TransformerConfig`` of the language backbone (Qwen2 or InternLM2)."""
+    from megatron.core.transformer import TransformerConfig
+
+    lm = arch.language
+    if lm.num_heads % tp or lm.num_query_groups % tp:
+        raise ValueError(f"TP={tp} must divide the {lm.num_heads} attention heads and the "
+                         f"{lm.num_query_groups} query groups")
+    if lm.num_layers % pp:
+        raise ValueError(f"PP={pp} must divide the {lm.num_layers} language layers")
+    return TransformerConfig(
+        num_layers=lm.num_layers, hidden_size=lm.hidden_size, num_attention_heads=lm.num_heads,
+        num_query_groups=lm.num_query_groups, ffn_hidden_size=lm.ffn_hidden_size, kv_channels=lm.head_dim,
+        gated_linear_unit=True, activation_func=torch.nn.functional.silu, normalization="RMSNorm",
+        layernorm_epsilon=lm.norm_eps, add_bias_linear=False, add_qkv_bias=lm.qkv_bias,
+        hidden_dropout=0.0, attention_dropout=0.0, tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp, sequence_parallel=sequence_parallel and tp > 1,
+        params_dtype=params_dtype, pipeline_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
+        use_cpu_initialization=not torch.cuda.is_available(), init_method_std=0.02,
+        bias_activation_fusion=fusions, bias_dropout_fusion=fusions, masked_softmax_fusion=fusions,
+        apply_rope_fusion=fusions, persist_layer_norm=fusions, gradient_accumulation_fusion=False,
+        **overrides,
+    )
+
+
+def layer_spec(kind: Literal["local", "te"]) -> Any:
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if kind == "te":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+class InternVLModel(nn.Module):
+    """One pipeline stage of InternVL; ``forward`` follows Megatron's GPTModel conventions."""
+
+    def __init__(self, arch: InternVLArch, config: Any, *, pre_process: bool, post_process: bool,
+                 spec: Literal["local", "te"] = "local", vision_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        from megatron.core.models.gpt import GPTModel
+
+        self.arch, self.config = arch, config
+        self.pre_process, self.post_process = pre_process, post_process
+        self.model_type = None
+        tp = config.tensor_model_parallel_size
+        self.language_model = GPTModel(
+            config=config, transformer_layer_spec=layer_spec(spec),
+            vocab_size=padded_vocab_size(arch.language.vocab_size, tp),
+            max_sequence_length=arch.language.max_position_embeddings,
+            pre_process=pre_process, post_process=post_process,
+            share_embeddings_and_output_weights=False, position_embedding_type="rope",
+            rotary_base=int(arch.language.rope_theta), scatter_embedding_sequence_parallel=False,
+        )
+        self.model_type = self.language_model.model_type
+        self.vision: VisionPath | None = None
+        if pre_process:
+            self.vision = VisionPath(arch).freeze()
+            if vision_dtype is not None:
+                self.vision.to(vision_dtype)
+
+    # Megatron's schedules call these on the model chunk.
+    def set_input_tensor(self, input_tensor: Any) -> None:
+        self.language_model.set_input_tensor(input_tensor)
+
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+              pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Word embeddings ``[s, b, h]`` with the image embeddings at the ``<IMG_CONTEXT>`` slots."""
+        embeddings = self.language_model.embedding(input_ids=input_ids, position_ids=position_ids)
+        slots = (input_ids == self.arch.image_token_id).transpose(0, 1)  # [s, b]
+        n_slots = int(slots.sum())
+        if pixel_values is not None and pixel_values.numel() > 0:
+            with torch.no_grad():
+                images = self.vision(pixel_values)  # [tiles, tokens_per_tile, h]
+            images = images.reshape(-1, images.shape[-1]).to(embeddings.dtype)
+            if images.shape[0] != n_slots:
+                raise ValueError(f"{images.shape[0]} image embeddings for {n_slots} <IMG_CONTEXT> tokens")
+            embeddings = embeddings.masked_scatter(slots.unsqueeze(-1), images)
+        elif n_slots:
+            raise ValueError(f"{n_slots} <IMG_CONTEXT> tokens but no pixel values")
+        if self.config.sequence_parallel:
+            from megatron.core import tensor_parallel
+
+            embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
+        return embeddings
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None, labels: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, packed_seq_params: Any = None) -> torch.Tensor:
+        decoder_input = self.embed(input_ids, position_ids, pixel_values) if self.pre_process else None
+        return self.language_model(input_ids, position_ids, attention_mask, decoder_input=decoder_input,
+                                   labels=labels, packed_seq_params=packed_seq_params)
+
+    def sharded_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """Only the language model is checkpointed by the trainer (the vision path is frozen)."""
+        return self.language_model.sharded_state_dict(*args, prefix="language_model.", **kwargs)
