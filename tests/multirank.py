@@ -23,7 +23,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_env(**extra: str) -> dict[str, str]:
+def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
@@ -36,7 +36,7 @@ def torchrun_script(script: str | Path, nproc: int, args: list[str], timeout: fl
     """Run ``script`` on ``nproc`` ranks; return the combined output, raise on failure."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(script), *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=test_env(**env), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True,
                           timeout=timeout)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
