@@ -182,3 +182,36 @@ def canonical_hf_name(name: str) -> str:
         if pattern.match(name):
             return pattern.sub(replacement, name, count=1)
     return name
+
+
+def expected_hf_shapes(arch: InternVLArch) -> dict[str, tuple[int, ...]]:
+    """The shape every transformers-native tensor must have, from the architecture alone."""
+    vt, lm = arch.vision, arch.language
+    c, p, f = vt.hidden_size, vt.patch_size, vt.ffn_hidden_size
+    h, d = lm.hidden_size, lm.head_dim
+    q, kv = lm.num_heads * d, lm.num_query_groups * d
+    c_in = int(c / (arch.downsample_ratio ** 2))
+    by_suffix = {
+        "embeddings.cls_token": (1, 1, c), "embeddings.position_embeddings": (1, vt.num_positions, c),
+        "patch_embeddings.projection.weight": (c, 3, p, p), "patch_embeddings.projection.bias": (c,),
+        "attention.q_proj.weight": (c, c), "attention.k_proj.weight": (c, c), "attention.v_proj.weight": (c, c),
+        "attention.q_proj.bias": (c,), "attention.k_proj.bias": (c,), "attention.v_proj.bias": (c,),
+        "attention.projection_layer.weight": (c, c), "attention.projection_layer.bias": (c,),
+        "mlp.fc1.weight": (f, c), "mlp.fc1.bias": (f,), "mlp.fc2.weight": (c, f), "mlp.fc2.bias": (c,),
+        "layer_norm.weight": (c_in,), "layer_norm.bias": (c_in,),
+        "linear_1.weight": (h, c_in), "linear_1.bias": (h,), "linear_2.weight": (h, h), "linear_2.bias": (h,),
+        "embed_tokens.weight": (lm.vocab_size, h), "lm_head.weight": (lm.vocab_size, h),
+        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+        "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
+        "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (lm.ffn_hidden_size, h),
+        "mlp.up_proj.weight": (lm.ffn_hidden_size, h), "mlp.down_proj.weight": (h, lm.ffn_hidden_size),
+    }
+    shapes = {}
+    for row in expand(table(arch, padded_vocab=lm.vocab_size), arch):
+        for name in row.hf:
+            suffix = next((s for s in by_suffix if name.endswith(s)), None)
+            if suffix is not None:
+                shapes[name] = by_suffix[suffix]
+            else:  # norms, layer scales: one vector of the tower's or the LM's width
+                shapes[name] = (c,) if name.startswith("vision_tower.") else (h,)
+    return shapes

@@ -68,6 +68,7 @@ COLUMN, ROW, REPLICATED, GATED_COLUMN = Split(0), Split(1), Replicated(), GatedC
 # Parameter-name suffix -> TP mapping, for GPTModel with the local or the TE layer spec.
 # Order matters: the first matching pattern wins.
 GPT_TP_RULES: tuple[tuple[str, object], ...] = (
+    (r"^vision\.",                                  REPLICATED),  # frozen vision path: vision TP = 1
     (r"embedding\.word_embeddings\.weight$",       COLUMN),
     (r"output_layer\.weight$",                      COLUMN),
     (r"linear_qkv\.(weight|bias)$",                 COLUMN),

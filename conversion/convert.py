@@ -1,0 +1,194 @@
+"""HF InternVL -> Megatron-LM torch checkpoint, streamed: one pass, every rank file at once.
+
+``hf_to_mcore`` plans every rank file from the safetensors headers alone (names, dtypes,
+shapes via meta tensors), opens one streaming writer per (TP, PP) rank, then walks the
+mapping table once: each source tensor is read, transformed, cut into its TP pieces,
+written to the rank files that hold it, and freed. Peak memory is a few times the largest
+tensor, whatever the model size. Output goes to ``OUT.tmp-<pid>`` and is renamed at the end,
+so an interrupted run never leaves a directory that looks complete.
+
+Layout written (what ``sophia_megatron`` loads)::
+
+    OUT/latest_checkpointed_iteration.txt          "0"
+    OUT/iter_0000000/mp_rank_TT[_PPP]/model_optim_rng.pt   {"model": {...}, "iteration": 0, ...}
+    OUT/sophia_meta.json                           architecture, layout, source format/config/index
+    OUT/hf_files/                                  config.json, tokenizer, chat template, ... (copied)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conversion.arch import InternVLArch, padded_vocab_size
+from conversion.hf_checkpoint import HFCheckpoint
+from conversion.internvl_mapping import Row, expand, expected_hf_shapes, table
+from conversion.megatron_layout import layer_index, on_stage, rename_layer, stage_layers, tp_mapping
+from conversion.torch_stream import StreamingTorchWriter, TensorSpec
+from sophia_common.cli import UserError
+from sophia_common.log import get_logger, progress
+
+META_NAME = "sophia_meta.json"
+HF_FILES = "hf_files"
+TRACKER = "latest_checkpointed_iteration.txt"
+CHECKPOINT_VERSION = 3.0
+log = get_logger("sophia.convert")
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int
+    pp: int
+    spec: str = "local"
+
+    def rank_dir(self, tp_rank: int, pp_rank: int) -> str:
+        return f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if self.pp > 1 else "")
+
+    def ranks(self) -> list[tuple[int, int]]:
+        return [(t, p) for p in range(self.pp) for t in range(self.tp)]
+
+
+def check_layout(arch: InternVLArch, layout: Layout) -> None:
+    lm = arch.language
+    problems = []
+    if layout.tp < 1 or layout.pp < 1:
+        problems.append(f"TP and PP must be >= 1 (got TP={layout.tp}, PP={layout.pp})")
+    elif lm.num_heads % layout.tp:
+        problems.append(f"TP={layout.tp} does not divide the {lm.num_heads} attention heads")
+    elif lm.num_query_groups % layout.tp:
+        problems.append(f"TP={layout.tp} does not divide the {lm.num_query_groups} query groups "
+                        "(Megatron needs num_query_groups % TP == 0)")
+    if layout.pp >= 1 and lm.num_layers % layout.pp:
+        problems.append(f"PP={layout.pp} does not divide the {lm.num_layers} language layers")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def placements(name: str, arch: InternVLArch, layout: Layout) -> list[tuple[int, str]]:
+    """(pp_rank, local name) of every stage holding the full Megatron parameter ``name``."""
+    out = []
+    for pp_rank in range(layout.pp):
+        layers = stage_layers(arch.language.num_layers, layout.pp, pp_rank)
+        if on_stage(name, layers, pp_rank, layout.pp):
+            index = layer_index(name)
+            out.append((pp_rank, rename_layer(name, index - layers.start) if index is not None else name))
+    return out
+
+
+def check_shapes(ckpt: HFCheckpoint, rows: list[Row]) -> None:
+    expected = expected_hf_shapes(ckpt.arch)
+    present = set(ckpt.names())
+    needed = [name for row in rows for name in row.hf]
+    missing = [name for name in needed if name not in present]
+    if missing:
+        raise UserError(f"{ckpt.directory}: tensor '{missing[0]}' missing ({len(missing)} missing in all)")
+    unused = sorted(present - set(needed))
+    if unused:
+        raise UserError(f"{ckpt.directory}: unexpected tensor '{unused[0]}' ({len(unused)} not mapped)")
+    for name in needed:
+        if ckpt.shape(name) != expected[name]:
+            raise UserError(f"{ckpt.directory}: tensor '{name}' has shape {list(ckpt.shape(name))}, but "
+                            f"config.json implies {list(expected[name])}")
+
+
+def plan_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout) -> dict[tuple[int, int], dict]:
+    """Every rank file's ``{local name: TensorSpec}``, computed on meta tensors (no data read)."""
+    import torch
+
+    specs: dict[tuple[int, int], dict[str, TensorSpec]] = {rank: {} for rank in layout.ranks()}
+    for row in rows:
+        metas = [torch.empty(ckpt.shape(h), dtype=getattr(torch, ckpt.dtype(h)), device="meta") for h in row.hf]
+        full = row.transform.to_megatron(metas)
+        mapping = tp_mapping(row.megatron, gated_mlp=True)
+        for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
+            for tp_rank in range(layout.tp):
+                piece = mapping.shard(full, tp_rank, layout.tp)
+                specs[(tp_rank, pp_rank)][local] = TensorSpec(piece.dtype, tuple(piece.shape))
+    return specs
+
+
+def _rank_skeleton(model_specs: dict[str, TensorSpec]) -> dict[str, Any]:
+    return {"model": model_specs, "checkpoint_version": CHECKPOINT_VERSION, "iteration": 0}
+
+
+def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_dir: Path) -> int:
+    """Stream every mapped tensor into the rank files; returns bytes written."""
+    specs = plan_rank_files(ckpt, rows, layout)
+    writers = {}
+    for (t, p), model_specs in specs.items():
+        (iter_dir / layout.rank_dir(t, p)).mkdir(parents=True)
+        writers[(t, p)] = StreamingTorchWriter(iter_dir / layout.rank_dir(t, p) / "model_optim_rng.pt",
+                                               _rank_skeleton(model_specs))
+    total = sum(spec.nbytes for model_specs in specs.values() for spec in model_specs.values())
+    written = 0
+    with progress(total=total, unit="B", unit_scale=True, desc="hf-to-mcore") as bar:
+        for row in rows:
+            full = row.transform.to_megatron([ckpt.get(h) for h in row.hf])
+            mapping = tp_mapping(row.megatron, gated_mlp=True)
+            for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
+                for tp_rank in range(layout.tp):
+                    piece = mapping.shard(full, tp_rank, layout.tp)
+                    writers[(tp_rank, pp_rank)].write(f"model/{local}", piece)
+                    written += piece.numel() * piece.element_size()
+                    bar.update(piece.numel() * piece.element_size())
+            del full
+    for writer in writers.values():
+        writer.close()
+    return written
+
+
+def prepare_output(out_dir: Path, force: bool) -> Path:
+    if out_dir.exists() and not force:
+        raise UserError(f"{out_dir}: output directory already exists (use --force to replace it)")
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, out_dir: Path) -> None:
+    """Atomically put the finished ``tmp`` at ``out_dir`` (replacing an old one under --force)."""
+    if out_dir.exists():
+        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int, pp: int, spec: str = "local",
+                force: bool = False) -> dict[str, Any]:
+    ckpt = HFCheckpoint(hf_dir)
+    layout = Layout(tp, pp, spec)
+    check_layout(ckpt.arch, layout)
+    padded = padded_vocab_size(ckpt.arch.language.vocab_size, tp)
+    rows = expand(table(ckpt.arch, padded_vocab=padded, spec=spec), ckpt.arch)
+    check_shapes(ckpt, rows)
+    out_dir = Path(out_dir)
+    tmp = prepare_output(out_dir, force)
+    try:
+        written = write_rank_files(ckpt, rows, layout, tmp / "iter_0000000")
+        (tmp / TRACKER).write_text("0")
+        (tmp / HF_FILES).mkdir()
+        for path in ckpt.aux_files():
+            shutil.copy2(path, tmp / HF_FILES / path.name)
+        index = ckpt.directory / "model.safetensors.index.json"
+        if index.is_file():
+            shutil.copy2(index, tmp / HF_FILES / index.name)
+        meta = {"arch": ckpt.arch.to_dict(), "family": ckpt.arch.family, "tp": tp, "pp": pp, "spec": spec,
+                "padded_vocab_size": padded, "vision_tp": 1, "iteration": 0,
+                "source_format": ckpt.format, "source_config": ckpt.config,
+                "source_weight_map": ckpt.weight_map,
+                "dtypes": sorted({ckpt.dtype(n) for n in ckpt.names()})}
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s (TP=%d PP=%d, %.1f MB)", out_dir, tp, pp, written / 1e6)
+    return {"bytes": written, "ranks": tp * pp}

@@ -1,0 +1,148 @@
+"""Lazy, validated access to an InternVL checkpoint directory in either Hugging Face format.
+
+``HFCheckpoint(dir)`` reads ``config.json`` and every safetensors header (not the data),
+checks that each shard exists, parses, and is as long as its header says, and presents the
+tensors under their transformers-native names whatever the on-disk format: an
+original-format fused ``qkv`` / ``wqkv`` is read once and split on demand. Shapes are
+checked against the architecture from ``config.json`` before any data is read. Every
+problem is a ``UserError`` that names the file or tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from conversion.arch import InternVLArch, arch_from_hf_config
+from conversion.hf_formats import detect_format, normalize_hf_name, original_config_to_hf, original_to_hf
+from sophia_common.cli import UserError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+           "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``name -> (dtype, shape)`` from a safetensors header; checks the file is complete."""
+    if not path.is_file():
+        raise UserError(f"{path}: shard listed in the index is missing")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise UserError(f"{path}: corrupt safetensors file (shorter than its header length)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > min(size - 8, 100_000_000):
+            raise UserError(f"{path}: corrupt safetensors header (length {header_len} for a {size}-byte file)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: corrupt safetensors header ({exc})") from exc
+    header.pop("__metadata__", None)
+    end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    if 8 + header_len + end > size:
+        raise UserError(f"{path}: truncated ({size} bytes, header promises {8 + header_len + end})")
+    return {name: (_DTYPES.get(v["dtype"], v["dtype"]), tuple(v["shape"])) for name, v in header.items()}
+
+
+def shard_map(directory: Path) -> dict[str, str]:
+    """Tensor name -> shard file name, from the index or the single ``model.safetensors``."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index}: no 'weight_map'")
+        return dict(weight_map)
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return dict.fromkeys(read_safetensors_header(single), "model.safetensors")
+    raise UserError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+
+
+class HFCheckpoint:
+    """One InternVL checkpoint directory, viewed through transformers-native tensor names."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise UserError(f"{self.directory}: not a directory")
+        self.config = read_json(self.directory / "config.json")
+        try:
+            self.format = detect_format(self.config)
+            self.hf_config = self.config if self.format == "hf" else original_config_to_hf(self.config)
+            self.arch: InternVLArch = arch_from_hf_config(self.hf_config)
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"{self.directory / 'config.json'}: unknown or unsupported architecture ({exc})") from exc
+        self.weight_map = shard_map(self.directory)
+        self._headers = {shard: read_safetensors_header(self.directory / shard)
+                         for shard in dict.fromkeys(self.weight_map.values())}
+        self._sources = self._index_sources()
+        self._cache: tuple[str, dict[str, Any]] | None = None
+
+    def source_spec(self, name: str) -> tuple[str, tuple[int, ...]]:
+        shard = self.weight_map[name]
+        if name not in self._headers[shard]:
+            raise UserError(f"{self.directory / shard}: tensor '{name}' listed in the index is not in the shard")
+        return self._headers[shard][name]
+
+    def _index_sources(self) -> dict[str, tuple[str, tuple[int, ...], str]]:
+        """transformers-native name -> (source name, shape, dtype), using meta tensors for the split."""
+        import torch
+
+        sources = {}
+        for name in self.weight_map:
+            dtype, shape = self.source_spec(name)
+            if self.format == "hf":
+                sources[normalize_hf_name(name)] = (name, shape, dtype)
+                continue
+            meta = torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+            try:
+                for hf_name, piece in original_to_hf([(name, meta)], self.config):
+                    sources[hf_name] = (name, tuple(piece.shape), dtype)
+            except KeyError as exc:
+                raise UserError(f"{self.directory}: unexpected tensor '{name}' ({exc})") from exc
+        return sources
+
+    def names(self) -> list[str]:
+        return list(self._sources)
+
+    def shape(self, hf_name: str) -> tuple[int, ...]:
+        return self._sources[hf_name][1]
+
+    def dtype(self, hf_name: str) -> str:
+        return self._sources[hf_name][2]
+
+    def get(self, hf_name: str) -> Any:
+        """Read one tensor (transformers-native name) from disk."""
+        from safetensors import safe_open
+
+        if hf_name not in self._sources:
+            raise UserError(f"{self.directory}: tensor '{hf_name}' not found")
+        source, _, _ = self._sources[hf_name]
+        if self._cache and self._cache[0] == source:
+            return self._cache[1][hf_name]
+        path = self.directory / self.weight_map[source]
+        with safe_open(str(path), framework="pt") as handle:
+            tensor = handle.get_tensor(source)
+        if self.format == "hf":
+            return tensor
+        pieces = dict(original_to_hf([(source, tensor)], self.config))
+        self._cache = (source, pieces)
+        return pieces[hf_name]
+
+    def aux_files(self) -> list[Path]:
+        """Everything but the weights: configs, tokenizer, chat template, remote code (copied, never run)."""
+        return sorted(p for p in self.directory.iterdir()
+                      if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES)
+                      and p.name != "model.safetensors.index.json")
