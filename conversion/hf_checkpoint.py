@@ -70,6 +70,24 @@ def shard_map(directory: Path) -> dict[str, str]:
     raise UserError(f"{directory}: no model.safetensors or model.safetensors.index.json")
 
 
+def image_context_id(directory: Path, token: str = "<IMG_CONTEXT>") -> int:
+    """The id of ``<IMG_CONTEXT>`` from the tokenizer files (original configs do not record it)."""
+    added = directory / "added_tokens.json"
+    if added.is_file() and token in read_json(added):
+        return int(read_json(added)[token])
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        for token_id, entry in (read_json(config).get("added_tokens_decoder") or {}).items():
+            if entry.get("content") == token:
+                return int(token_id)
+    fast = directory / "tokenizer.json"
+    if fast.is_file():
+        for entry in read_json(fast).get("added_tokens") or []:
+            if entry.get("content") == token:
+                return int(entry["id"])
+    raise UserError(f"{directory}: no tokenizer file defines {token} (needed for an original-format checkpoint)")
+
+
 class HFCheckpoint:
     """One InternVL checkpoint directory, viewed through transformers-native tensor names."""
 
@@ -80,7 +98,8 @@ class HFCheckpoint:
         self.config = read_json(self.directory / "config.json")
         try:
             self.format = detect_format(self.config)
-            self.hf_config = self.config if self.format == "hf" else original_config_to_hf(self.config)
+            self.hf_config = self.config if self.format == "hf" else original_config_to_hf(
+                self.config, image_token_id=image_context_id(self.directory))
             self.arch: InternVLArch = arch_from_hf_config(self.hf_config)
         except (KeyError, ValueError) as exc:
             raise UserError(f"{self.directory / 'config.json'}: unknown or unsupported architecture ({exc})") from exc

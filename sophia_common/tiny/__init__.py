@@ -7,7 +7,8 @@ packing, training, rollout) runs against files shaped like the real ones:
     paths = build_all("/tmp/tiny")      # {"tokenizer_bpe": Path, "vit300m_qwen2_hf": Path, ...}
 
 or ``python -m sophia_common.tiny --out DIR``. Builders write each dir under a temporary name and
-rename it (atomic), stamp it with ``tiny_fixture.json`` and reuse a dir whose stamp matches.
+rename it (atomic), stamp it with ``tiny_fixture.json`` (build parameters plus a digest of the
+builder code) and reuse a dir whose stamp matches; a dir with another stamp is rebuilt.
 
 Importing this package is light: torch, transformers, tokenizers and sentencepiece are imported
 inside the builders only.
@@ -15,6 +16,7 @@ inside the builders only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -22,7 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 STAMP_NAME = "tiny_fixture.json"
-BUILDER_VERSION = 1
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# The code whose output the fixtures are: any edit to it rebuilds stamped dirs on next use.
+BUILDER_SOURCES = (*sorted(_PACKAGE_DIR.glob("*.py")), _PACKAGE_DIR.parent / "tokenizer.py",
+                   _PACKAGE_DIR.parent.parent / "conversion" / "hf_formats.py")
 
 _LAZY_EXPORTS = {
     "build_tokenizer": "sophia_common.tiny.tokenizer",
@@ -47,6 +52,15 @@ def write_json(path: Path, data: dict) -> None:
     Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def builder_digest() -> str:
+    """sha256 of the builder sources, so a stamp from older builder code never matches."""
+    digest = hashlib.sha256()
+    for path in BUILDER_SOURCES:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _stamp_matches(out: Path, stamp: dict) -> bool:
     path = out / STAMP_NAME
     return path.is_file() and json.loads(path.read_text(encoding="utf-8")) == stamp
@@ -59,7 +73,7 @@ def build_atomically(out: str | Path, stamp: dict, write: Callable[[Path], None]
     stamp is reused as is; one with another stamp (older builder, other seed or dtype) is replaced.
     """
     out = Path(out)
-    stamp = {"builder_version": BUILDER_VERSION, **stamp}
+    stamp = {"builder": builder_digest(), **stamp}
     if _stamp_matches(out, stamp):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,11 @@ INTERNLM2_CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|action_start|>", "<|ac
 INTERNVL_SPECIAL_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>",
                            "<box>", "</box>")
 QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
-DEFAULT_SYSTEM_MESSAGE = "You are InternVL, a multimodal assistant that looks at images and answers questions."
+DEFAULT_SYSTEM_MESSAGE = "You are InternVL, a multimodal assistant that answers questions about images."
 # InternVL2.5 / InternVL3 chat template: a default system turn, then ChatML turns.
 INTERNVL_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -70,11 +71,11 @@ If x + 5 = 12, then x = 7. If 3x = 18, then x = 6. The area of a square with sid
 Compare the numbers: 7 > 5, 2 < 8, 6 = 6, 9 >= 3, 1 <= 4. The difference between 10 and 4 is 6.
 The product 6 * 7 = 42 and the quotient 42 / 7 = 6. Half of 18 is 9; double 9 is 18; 25% of 40 is 10.
 A triangle has 3 sides, a square has 4 sides, a pentagon has 5 sides and a hexagon has 6 sides.
-The largest shape is in the top left corner; the smallest one is at the bottom right. Left, right, above, below.
+The largest shape is in the top left corner; the smallest one is at the bottom right. Left, right, up.
 Is the number of yellow stars even or odd? Answer: odd. Which colour appears most often? Answer: blue.
 Final answer: 12. The answer is (B). Options: (A) 3 (B) 4 (C) 5 (D) 6. Choose the correct option.
 We have \frac{1}{2} + \frac{1}{3} = \frac{5}{6}. The square root \sqrt{16} = 4 and \pi is about 3.14159.
-Describe the image in detail. The picture contains a large blue circle, two small red squares, and a green star.
+Describe the image in detail. The picture contains a large blue circle, two small red squares, a star.
 <think> I need to count the objects. There are four of them. </think> The answer is 4.
 Wait, let me check again. Hmm, that is not right. Actually, there are five triangles, not four.
 A photograph of a kitchen table with a bowl of fruit: apples, bananas, oranges and a bunch of grapes.
@@ -112,7 +113,7 @@ def corpus_lines() -> list[str]:
             other = SHAPES[(j + 1) % len(SHAPES)]
             lines.append(f"There are {count} {colour} {shape}s and {NUMBER_WORDS[count % 13]} {other}s.")
             lines.append(f"How many {colour} {shape}s are in the image? The answer is {count}.")
-            lines.append(f"Is the {colour} {shape} bigger than the {other}? Yes, it is larger; {count + 2} > {count}.")
+            lines.append(f"Is the {colour} {shape} bigger than the {other}? Yes; {count + 2} > {count}.")
     for a in range(13):
         b = (a * 7) % 13
         lines.append(f"{a} + {b} = {a + b}, {a} * {b} = {a * b}, {NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]}.")
