@@ -75,6 +75,12 @@ class TilePlan:
     image_size: int = 448
     thumbnail: bool = True
 
+    def __post_init__(self) -> None:
+        if min(self.width, self.height, self.cols, self.rows, self.image_size) < 1:
+            raise ValueError(f"TilePlan sizes must be positive: {self}")
+        if self.thumbnail and self.cols * self.rows == 1:
+            raise ValueError(f"InternVL adds a thumbnail only to a grid of several tiles: {self}")
+
     @property
     def grid_tiles(self) -> int:
         return self.cols * self.rows
@@ -101,7 +107,7 @@ def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
     tuples hash without randomisation); the set is built with the same generator so the order matches.
     """
     if not 1 <= min_tiles <= max_tiles:
-        raise ValueError(f"need 1 <= min_tiles <= max_tiles, got min_tiles={min_tiles}, max_tiles={max_tiles}")
+        raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {min_tiles=}, {max_tiles=}")
     grids = {
         (cols, rows)
         for count in range(min_tiles, max_tiles + 1)
@@ -153,7 +159,7 @@ def plan_tiles(
 
 
 def image_token_string(num_tiles: int, tokens_per_tile: int = TOKENS_PER_TILE) -> str:
-    """InternVL's expansion of one image: ``<img>`` + ``<IMG_CONTEXT>`` x (tokens_per_tile*num_tiles) + ``</img>``."""
+    """InternVL's image expansion: ``<img>``, ``<IMG_CONTEXT>`` x (tokens_per_tile*num_tiles), ``</img>``."""
     if num_tiles < 1 or tokens_per_tile < 1:
         raise ValueError(f"need positive num_tiles and tokens_per_tile, got {num_tiles}, {tokens_per_tile}")
     return IMG_START + IMG_CONTEXT * (tokens_per_tile * num_tiles) + IMG_END
@@ -198,7 +204,7 @@ def open_rgb(source: ImageSource) -> Image.Image:
 
 
 def normalize_tile_pixels(pixels: np.ndarray) -> np.ndarray:
-    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]``: torchvision's ToTensor + Normalize, bit for bit."""
+    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]``, as torchvision ToTensor + Normalize do it."""
     scaled = pixels.astype(np.float32) / np.float32(255)
     mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
     std = np.asarray(IMAGENET_STD, dtype=np.float32)
