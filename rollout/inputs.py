@@ -1,0 +1,244 @@
+"""Read and validate rollout input rows (DESIGN §3.1): parquet or JSONL, one (image, question, answer) each.
+
+What: ``read_inputs(paths, shard)`` returns the valid rows of the files as ``InputRow``s and a
+reject record (``store.reject_record``, stage ``"input"``) for every row that cannot be used.
+Columns: ``id``, ``question``, ``answer`` (gold; text or a number), ``source`` (optional,
+default ``""``), ``difficulty`` (optional), and the image as one of
+
+- ``image``: a path (relative to the input file's directory, or absolute);
+- ``image``: encoded bytes (a parquet binary column, or a Hugging Face ``datasets`` image
+  struct ``{bytes, path}``);
+- ``image_b64``: base64 of the encoded bytes (JSONL).
+
+Why rejects instead of errors: one bad row in a million must not stop a multi-day run, and
+must not vanish either; the stage writes the rejects to the store, where they are counted by
+reason. A file that cannot be read at all is different: that is a ``UserError`` naming it.
+
+Ids must be unique over all files read together. An id that occurs more than once is rejected
+as a whole (``duplicate_id``, one record): the store keys everything by id, and picking one of
+the copies would be arbitrary. Sharding (``--shard i/n``) keeps only the rows, and reports only
+the rejects, whose id the shard owns; duplicates are still found over all rows, and images
+are decoded only for the shard's rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rollout.sharding import Shard
+from rollout.store import reject_record
+from sophia_common.cli import UserError
+
+INPUT_STAGE = "input"
+
+MISSING_ID = "missing_id"
+DUPLICATE_ID = "duplicate_id"
+BAD_ROW = "bad_row"
+EMPTY_QUESTION = "empty_question"
+MISSING_ANSWER = "missing_answer"
+MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_DUPLICATES_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """One usable input: the image is a file path or the encoded bytes (never decoded pixels)."""
+
+    id: str
+    question: str
+    answer: str
+    source: str
+    image: Path | bytes
+    difficulty: str | None = None
+
+    def image_bytes(self) -> bytes:
+        """The encoded image (read from disk when the row holds a path)."""
+        return self.image if isinstance(self.image, bytes) else self.image.read_bytes()
+
+
+@dataclass
+class Inputs:
+    """Valid rows (input order) and reject records (``stage="input"``) of one read."""
+
+    rows: list[InputRow] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject_counts(self) -> dict[str, int]:
+        return dict(Counter(record["reason"] for record in self.rejects).most_common())
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def read_inputs(paths: str | Path | Sequence[str | Path], shard: Shard | None = None,
+                check_images: bool = True) -> Inputs:
+    """Read rollout input files; see the module docstring for columns and reject reasons."""
+    shard = shard or Shard()
+    files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(path) for path in paths]
+    if len({file.resolve() for file in files}) != len(files):
+        raise UserError(f"an input file is listed twice: {', '.join(map(str, files))}")
+    result = Inputs()
+    locations: dict[str, list[str]] = {}
+    owned: list[tuple[str, str, dict[str, Any], Path]] = []
+    for file in files:
+        for where, record, problem in _records(file):
+            location = f"{file.name} {where}"
+            try:
+                item_id = _item_id(record, problem)
+            except _Rejected as rejected:
+                placeholder = f"<{location}>"  # no usable id: name the row so the reject is traceable
+                if shard.owns(placeholder):
+                    result.rejects.append(reject_record(placeholder, INPUT_STAGE, rejected.reason,
+                                                        f"{location}: {rejected.detail}"))
+                continue
+            locations.setdefault(item_id, []).append(location)
+            if shard.owns(item_id):
+                owned.append((item_id, location, record, file.absolute().parent))
+    reported: set[str] = set()
+    for item_id, location, record, base_dir in owned:
+        if len(locations[item_id]) > 1:
+            if item_id not in reported:
+                reported.add(item_id)
+                result.rejects.append(_duplicate_reject(item_id, locations[item_id]))
+            continue
+        try:
+            result.rows.append(_validated_row(item_id, record, base_dir, check_images))
+        except _Rejected as rejected:
+            result.rejects.append(reject_record(item_id, INPUT_STAGE, rejected.reason,
+                                                f"{location}: {rejected.detail}"))
+    return result
+
+
+def _duplicate_reject(item_id: str, where: list[str]) -> dict[str, Any]:
+    shown = ", ".join(where[:_DUPLICATES_SHOWN]) + (" …" if len(where) > _DUPLICATES_SHOWN else "")
+    return reject_record(item_id, INPUT_STAGE, DUPLICATE_ID, f"id occurs {len(where)} times: {shown}")
+
+
+def _records(file: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    """(``"line 3"`` / ``"row 2"``, the row as a dict or None, why it is not a row) for each row."""
+    if not file.is_file():
+        raise UserError(f"rollout input {file} does not exist or is not a file")
+    suffix = file.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return _jsonl_records(file)
+    if suffix in PARQUET_SUFFIXES:
+        return _parquet_records(file)
+    raise UserError(f"rollout input {file}: unknown format {suffix!r}; use one of "
+                    f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)}")
+
+
+def _jsonl_records(file: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    try:
+        with open(file, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"line {number}", None, f"not valid JSON ({exc.msg})"
+                    continue
+                if isinstance(record, dict):
+                    yield f"line {number}", record, ""
+                else:
+                    yield f"line {number}", None, f"not a JSON object but {type(record).__name__}"
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read rollout input {file}: {exc}") from exc
+
+
+def _parquet_records(file: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(file) as parquet:
+            names = parquet.schema_arrow.names
+            absent = [name for name in ("id", "question", "answer") if name not in names]
+            if "image" not in names and "image_b64" not in names:
+                absent.append("image")
+            if absent:
+                raise UserError(f"rollout input {file} has no column(s) {', '.join(absent)} "
+                                f"(it has {', '.join(names)})")
+            index = 0
+            for batch in parquet.iter_batches(batch_size=256):
+                for record in batch.to_pylist():
+                    yield f"row {index}", record, ""
+                    index += 1
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read rollout input {file}: {exc}") from exc
+
+
+def _item_id(record: dict[str, Any] | None, problem: str) -> str:
+    if record is None:
+        raise _Rejected(BAD_ROW, problem)
+    item_id = record.get("id")
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        return str(item_id)
+    if not isinstance(item_id, str) or not item_id.strip():
+        raise _Rejected(MISSING_ID, f"no id (got {item_id!r}); ids must be non-empty text or integers")
+    return item_id
+
+
+def _validated_row(item_id: str, record: dict[str, Any], base_dir: Path, check_images: bool) -> InputRow:
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise _Rejected(EMPTY_QUESTION, f"question is {question!r}")
+    answer = record.get("answer")
+    if (isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip()
+            or answer != answer):  # NaN: how pandas writes a missing value in a float column
+        raise _Rejected(MISSING_ANSWER, f"gold answer is {answer!r}; it must be non-empty text or a number")
+    image = _image_of(record, base_dir)
+    if check_images:
+        _check_decodes(image)
+    difficulty = record.get("difficulty")
+    return InputRow(id=item_id, question=question, answer=str(answer), source=str(record.get("source") or ""),
+                    image=image, difficulty=None if difficulty is None else str(difficulty))
+
+
+def _image_of(record: dict[str, Any], base_dir: Path) -> Path | bytes:
+    image, encoded = record.get("image"), record.get("image_b64")
+    if image not in (None, "", b"") and encoded not in (None, ""):
+        raise _Rejected(BAD_ROW, "both image and image_b64 are given; keep one")
+    if encoded not in (None, ""):
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise _Rejected(UNREADABLE_IMAGE, f"image_b64 is not valid base64 ({exc})") from exc
+    if isinstance(image, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (bytes, bytearray, memoryview)) and len(image):
+        return bytes(image)
+    if isinstance(image, str) and image.strip():
+        path = Path(image)
+        path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():
+            raise _Rejected(MISSING_IMAGE, f"image file {path} does not exist")
+        return path
+    raise _Rejected(MISSING_IMAGE, "no image (give image as a path or bytes, or image_b64)")
+
+
+def _check_decodes(image: Path | bytes) -> None:
+    """Decode the whole image: a truncated file passes ``Image.open`` and fails only here."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as decoded:
+            decoded.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise _Rejected(UNREADABLE_IMAGE, f"cannot decode image: {type(exc).__name__}: {exc}") from exc
