@@ -11,6 +11,14 @@ import sys
 from sophia_common.cli import dispatch
 
 COMMANDS = {
+    "caption": ("rollout.pipeline:caption_main", "policy InternVL writes K captions per image (no question)"),
+    "reason": ("rollout.pipeline:reason_main", "reasoning LLM writes N trajectories per caption"),
+    "score": ("rollout.pipeline:score_main", "verify outcomes (Eq. 4) and caption rewards (Eq. 5)"),
+    "select": ("rollout.pipeline:select_main", "keep the shortest correct trajectories (Eq. 6)"),
+    "run": ("rollout.pipeline:run_main", "caption -> reason -> score -> select"),
+    "stats": ("rollout.pipeline:stats_main", "counts, pass rates, length histograms, rejects"),
+    "merge": ("rollout.pipeline:merge_main", "join the stores of array-job shards, checked"),
+    "pack": ("rollout.pack:pack_main", "tokenise and pack samples into a length-sorted dataset"),
     "check": ("rollout.verifier.cli:check_main", "verify {response, answer} JSONL lines, one JSON line each"),
 }
 
