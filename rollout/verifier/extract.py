@@ -26,7 +26,7 @@ _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
 _ANSWER_PHRASE = re.compile(
     r"\b(?:final\s+answer|answer|correct\s+(?:option|choice))\b\**\s*"
-    r"(?:(?:is|would\s+be|should\s+be)\s*:?|:|=)\**[ \t]*(?P<rest>[^\n]*)",
+    r"(?:(?:is|would\s+be|should\s+be)\s*:?|:|=)\**[ \t]*(?P<rest>[^\n]*?)(?=\.(?:\s|$)|\n|$)",
     re.IGNORECASE,
 )
 _LEADING_FILLER = re.compile(r"^(?:so|thus|therefore|hence|finally|answer)\s*[,:]?\s*", re.IGNORECASE)
