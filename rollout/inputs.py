@@ -10,6 +10,11 @@ default ``""``), ``difficulty`` (optional), and the image as one of
   struct ``{bytes, path}``);
 - ``image_b64``: base64 of the encoded bytes (JSONL).
 
+``answer`` and the image are required by default (rollout inputs); a reader of other row kinds
+passes ``require=`` with the subset it needs (the packer reads text-only samples with no gold
+answer: ``require=()``; a missing optional answer becomes ``""``, a missing image ``None``) and
+names the extra columns it wants copied verbatim into ``InputRow.extra`` (``extra_columns=``).
+
 Why rejects instead of errors: one bad row in a million must not stop a multi-day run, and
 must not vanish either; the stage writes the rejects to the store, where they are counted by
 reason. A file that cannot be read at all is different: that is a ``UserError`` naming it.
@@ -28,7 +33,7 @@ import binascii
 import io
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +65,16 @@ class InputRow:
     question: str
     answer: str
     source: str
-    image: Path | bytes
+    image: Path | bytes | None
+    """None only for a text-only row read with ``require`` not containing ``"image"``."""
     difficulty: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The ``extra_columns`` asked for, as read (absent columns are absent here)."""
 
     def image_bytes(self) -> bytes:
         """The encoded image (read from disk when the row holds a path)."""
+        if self.image is None:
+            raise ValueError(f"input row {self.id!r} has no image")
         return self.image if isinstance(self.image, bytes) else self.image.read_bytes()
 
 
@@ -86,9 +96,21 @@ class _Rejected(Exception):
         self.detail = detail
 
 
+REQUIRED_BY_DEFAULT = ("image", "answer")
+
+
 def read_inputs(paths: str | Path | Sequence[str | Path], shard: Shard | None = None,
-                check_images: bool = True) -> Inputs:
-    """Read rollout input files; see the module docstring for columns and reject reasons."""
+                check_images: bool = True, *, require: Collection[str] = REQUIRED_BY_DEFAULT,
+                extra_columns: Sequence[str] = ()) -> Inputs:
+    """Read rollout input files; see the module docstring for columns and reject reasons.
+
+    ``require``: which of ``"image"`` and ``"answer"`` a row must have (``id`` and ``question``
+    always). ``extra_columns``: further columns copied as read into each row's ``extra``.
+    """
+    unknown = set(require) - set(REQUIRED_BY_DEFAULT)
+    if unknown:
+        raise ValueError(f"require may name only {REQUIRED_BY_DEFAULT}, not {sorted(unknown)}")
+    rules = _RowRules(frozenset(require), tuple(extra_columns), check_images)
     shard = shard or Shard()
     files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(path) for path in paths]
     if len({file.resolve() for file in files}) != len(files):
@@ -97,7 +119,7 @@ def read_inputs(paths: str | Path | Sequence[str | Path], shard: Shard | None = 
     locations: dict[str, list[str]] = {}
     owned: list[tuple[str, str, dict[str, Any], Path]] = []
     for file in files:
-        for where, record, problem in _records(file):
+        for where, record, problem in _records(file, rules.require):
             location = f"{file.name} {where}"
             try:
                 item_id = _item_id(record, problem)
@@ -118,7 +140,7 @@ def read_inputs(paths: str | Path | Sequence[str | Path], shard: Shard | None = 
                 result.rejects.append(_duplicate_reject(item_id, locations[item_id]))
             continue
         try:
-            result.rows.append(_validated_row(item_id, record, base_dir, check_images))
+            result.rows.append(_validated_row(item_id, record, base_dir, rules))
         except _Rejected as rejected:
             result.rejects.append(reject_record(item_id, INPUT_STAGE, rejected.reason,
                                                 f"{location}: {rejected.detail}"))
@@ -130,7 +152,14 @@ def _duplicate_reject(item_id: str, where: list[str]) -> dict[str, Any]:
     return reject_record(item_id, INPUT_STAGE, DUPLICATE_ID, f"id occurs {len(where)} times: {shown}")
 
 
-def _records(file: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+@dataclass(frozen=True)
+class _RowRules:
+    require: frozenset[str]
+    extra_columns: tuple[str, ...]
+    check_images: bool
+
+
+def _records(file: Path, require: frozenset[str]) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
     """(``"line 3"`` / ``"row 2"``, the row as a dict or None, why it is not a row) for each row."""
     if not file.is_file():
         raise UserError(f"rollout input {file} does not exist or is not a file")
@@ -138,7 +167,7 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
     if suffix in JSONL_SUFFIXES:
         return _jsonl_records(file)
     if suffix in PARQUET_SUFFIXES:
-        return _parquet_records(file)
+        return _parquet_records(file, require)
     raise UserError(f"rollout input {file}: unknown format {suffix!r}; use one of "
                     f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)}")
 
@@ -162,15 +191,16 @@ def _jsonl_records(file: Path) -> Iterator[tuple[str, dict[str, Any] | None, str
         raise UserError(f"cannot read rollout input {file}: {exc}") from exc
 
 
-def _parquet_records(file: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+def _parquet_records(file: Path, require: frozenset[str]) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         with pq.ParquetFile(file) as parquet:
             names = parquet.schema_arrow.names
-            absent = [name for name in ("id", "question", "answer") if name not in names]
-            if "image" not in names and "image_b64" not in names:
+            needed = ("id", "question", "answer") if "answer" in require else ("id", "question")
+            absent = [name for name in needed if name not in names]
+            if "image" in require and "image" not in names and "image_b64" not in names:
                 absent.append("image")
             if absent:
                 raise UserError(f"rollout input {file} has no column(s) {', '.join(absent)} "
@@ -195,23 +225,26 @@ def _item_id(record: dict[str, Any] | None, problem: str) -> str:
     return item_id
 
 
-def _validated_row(item_id: str, record: dict[str, Any], base_dir: Path, check_images: bool) -> InputRow:
+def _validated_row(item_id: str, record: dict[str, Any], base_dir: Path, rules: _RowRules) -> InputRow:
     question = record.get("question")
     if not isinstance(question, str) or not question.strip():
         raise _Rejected(EMPTY_QUESTION, f"question is {question!r}")
     answer = record.get("answer")
-    if (isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip()
+    if "answer" not in rules.require and (answer is None or answer == "" or answer != answer):
+        answer = ""  # optional and absent (None, empty, or pandas' NaN)
+    elif (isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip()
             or answer != answer):  # NaN: how pandas writes a missing value in a float column
         raise _Rejected(MISSING_ANSWER, f"gold answer is {answer!r}; it must be non-empty text or a number")
-    image = _image_of(record, base_dir)
-    if check_images:
+    image = _image_of(record, base_dir, required="image" in rules.require)
+    if rules.check_images and image is not None:
         _check_decodes(image)
     difficulty = record.get("difficulty")
+    extra = {name: record[name] for name in rules.extra_columns if name in record}
     return InputRow(id=item_id, question=question, answer=str(answer), source=str(record.get("source") or ""),
-                    image=image, difficulty=None if difficulty is None else str(difficulty))
+                    image=image, difficulty=None if difficulty is None else str(difficulty), extra=extra)
 
 
-def _image_of(record: dict[str, Any], base_dir: Path) -> Path | bytes:
+def _image_of(record: dict[str, Any], base_dir: Path, required: bool = True) -> Path | bytes | None:
     image, encoded = record.get("image"), record.get("image_b64")
     if image not in (None, "", b"") and encoded not in (None, ""):
         raise _Rejected(BAD_ROW, "both image and image_b64 are given; keep one")
@@ -230,6 +263,8 @@ def _image_of(record: dict[str, Any], base_dir: Path) -> Path | bytes:
         if not path.is_file():
             raise _Rejected(MISSING_IMAGE, f"image file {path} does not exist")
         return path
+    if not required:
+        return None
     raise _Rejected(MISSING_IMAGE, "no image (give image as a path or bytes, or image_b64)")
 
 

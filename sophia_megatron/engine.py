@@ -65,16 +65,19 @@ def attach_schedule_hooks(config: Any, model_chunks: list[Any], optimizer: Any) 
         config.no_sync_func = config.no_sync_func[0]
 
 
-def train_step(forward_step: Callable, data_iterator: Iterator, model_chunks: list[Any], optimizer: Any,
-               *, num_microbatches: int, seq_length: int, micro_batch_size: int,
-               forward_only: bool = False) -> StepResult:
-    """One optimizer step over ``num_microbatches`` micro-batches with the layout's schedule."""
+def forward_backward(forward_step: Callable, data_iterator: Iterator, model_chunks: list[Any], *,
+                     num_microbatches: int, seq_length: int, micro_batch_size: int,
+                     forward_only: bool = False) -> list[dict[str, Any]]:
+    """Run the layout's schedule (no pipelining, or 1F1B) over the micro-batches of one step.
+
+    Gradients end up reduced in the DDP buffers (``finalize_model_grads``); the returned list
+    holds the loss function's report of each micro-batch (last pipeline stage only).
+    """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     if not forward_only:
         for chunk in model_chunks:
             chunk.zero_grad_buffer()
-        optimizer.zero_grad()
     schedule = get_forward_backward_func()
     losses = schedule(
         forward_step_func=forward_step, data_iterator=data_iterator,
@@ -82,8 +85,20 @@ def train_step(forward_step: Callable, data_iterator: Iterator, model_chunks: li
         num_microbatches=num_microbatches, seq_length=seq_length,
         micro_batch_size=micro_batch_size, forward_only=forward_only,
     )
-    if forward_only:
-        return StepResult(losses=list(losses), grad_norm=None, skipped=False)
+    return list(losses)
+
+
+def optimizer_step(optimizer: Any) -> tuple[bool, float | None]:
+    """Step the optimizer on the reduced gradients: (applied, grad norm before clipping)."""
     success, grad_norm, _ = optimizer.step()
-    return StepResult(losses=list(losses), grad_norm=None if grad_norm is None else float(grad_norm),
-                      skipped=not success)
+    return bool(success), None if grad_norm is None else float(grad_norm)
+
+
+def train_step(forward_step: Callable, data_iterator: Iterator, model_chunks: list[Any], optimizer: Any,
+               *, num_microbatches: int, seq_length: int, micro_batch_size: int) -> StepResult:
+    """One optimizer step over ``num_microbatches`` micro-batches."""
+    optimizer.zero_grad()
+    losses = forward_backward(forward_step, data_iterator, model_chunks, num_microbatches=num_microbatches,
+                              seq_length=seq_length, micro_batch_size=micro_batch_size)
+    success, grad_norm = optimizer_step(optimizer)
+    return StepResult(losses=losses, grad_norm=grad_norm, skipped=not success)
