@@ -36,12 +36,13 @@ def wrap_ddp(model: Any, config: Any, *, distributed_optimizer: bool = True,
 
 def build_optimizer(model_chunks: list[Any], *, lr: float, weight_decay: float, clip_grad: float,
                     distributed: bool = True, bf16: bool = False, adam_beta1: float = 0.9,
-                    adam_beta2: float = 0.95, adam_eps: float = 1e-8) -> Any:
+                    adam_beta2: float = 0.95, adam_eps: float = 1e-8, min_lr: float | None = None) -> Any:
     """Megatron's AdamW (decoupled weight decay) over the trainable parameters of the chunks."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     config = OptimizerConfig(
-        optimizer="adam", lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
+        optimizer="adam", lr=lr, min_lr=lr if min_lr is None else min_lr, weight_decay=weight_decay,
+        clip_grad=clip_grad,
         adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_eps=adam_eps,
         use_distributed_optimizer=distributed, bf16=bf16, params_dtype=_dtype(bf16),
     )

@@ -1,0 +1,1 @@
+"""The SOPHIA off-policy update and the warm-up SFT (``sophia-train``)."""

@@ -1,0 +1,40 @@
+"""The SOPHIA objective on one micro-batch: reward-weighted token NLL (DESIGN §1.1, Eq. 7).
+
+∇J ≈ E_D[r · ∇ log π_θ(y | q, I)]: every assistant token's negative log-likelihood is
+multiplied by its sample's reward weight r (1 for SFT). Two normalisations:
+
+- ``token`` (default): Σ r·nll over the global batch ÷ the number of loss tokens in the
+  global batch. Megatron does the division (``calculate_per_token_loss``): each micro-batch
+  returns its sum and its token count, and the gradients are divided by the all-reduced
+  total, so micro-batching, packing and data parallelism do not change the update.
+- ``sample``: Σ over samples of r · (mean nll of the sample) ÷ the number of samples.
+
+A sample of weight 0 contributes exactly zero gradient; gradients are linear in the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def weighted_loss(per_token_nll: torch.Tensor, loss_weight: torch.Tensor, cu_seqlens: torch.Tensor,
+                  loss_tokens: int, normalization: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(loss numerator, denominator, report) in Megatron's per-token-loss convention."""
+    nll = per_token_nll.float().reshape(-1)
+    weight = loss_weight.reshape(-1).to(nll.device)
+    if normalization == "token":
+        numerator = (nll * weight).sum()
+        denominator = torch.tensor(loss_tokens, dtype=torch.int, device=nll.device)
+    else:
+        lengths = torch.diff(cu_seqlens.to(nll.device).long())
+        sample = torch.repeat_interleave(torch.arange(len(lengths), device=nll.device), lengths)
+        has_loss = (weight != 0).float()
+        per_sample_weighted = torch.zeros(len(lengths), device=nll.device).index_add_(0, sample, nll * weight)
+        per_sample_tokens = torch.zeros(len(lengths), device=nll.device).index_add_(0, sample, has_loss)
+        counted = per_sample_tokens > 0
+        numerator = (per_sample_weighted[counted] / per_sample_tokens[counted]).sum()
+        denominator = torch.tensor(int(counted.sum()), dtype=torch.int, device=nll.device)
+    report = torch.stack([numerator.detach().clone(), denominator.detach().float()])
+    return numerator, denominator, {"lm loss": report}
