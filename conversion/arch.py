@@ -153,3 +153,29 @@ def arch_from_hf_config(config: dict[str, Any]) -> InternVLArch:
         projector_act=config.get("projector_hidden_act", "gelu"),
         image_token_id=int(config["image_token_id"]), vision_feature_layer=layer,
     )
+
+
+def _preset(tower: str, lm: dict[str, Any], image_token_id: int) -> InternVLArch:
+    vit = {"vit300m": VisionArch(1024, 16, 4096, 24, "layer_norm", 1e-6, True, False, 448, 14),
+           "vit6b": VisionArch(3200, 25, 12800, 45, "rms_norm", 1e-6, False, True, 448, 14)}[tower]
+    return InternVLArch(vision=vit, language=LanguageArch(**lm), downsample_ratio=0.5, projector_act="gelu",
+                        image_token_id=image_token_id)
+
+
+_NTK = {"type": "dynamic", "factor": 2.0}
+# The four targets of DESIGN §3a, for planning before a checkpoint is at hand (sophia-train --dry-run).
+PRESETS: dict[str, InternVLArch] = {
+    "internvl2_5_8b": _preset("vit300m", dict(family="internlm2", hidden_size=4096, num_heads=32, num_query_groups=8,
+                                              ffn_hidden_size=14336, num_layers=32, vocab_size=92553,
+                                              rope_theta=1e6, norm_eps=1e-5, qkv_bias=False,
+                                              max_position_embeddings=32768, rope_scaling=_NTK), 92546),
+    "internvl3_8b": _preset("vit300m", dict(family="qwen2", hidden_size=3584, num_heads=28, num_query_groups=4,
+                                            ffn_hidden_size=18944, num_layers=28, vocab_size=151674,
+                                            rope_theta=1e6, norm_eps=1e-6, qkv_bias=True,
+                                            max_position_embeddings=32768, rope_scaling=_NTK), 151667),
+    "internvl2_5_38b": _preset("vit6b", dict(family="qwen2", hidden_size=5120, num_heads=40, num_query_groups=8,
+                                             ffn_hidden_size=27648, num_layers=64, vocab_size=151674,
+                                             rope_theta=1e6, norm_eps=1e-6, qkv_bias=True,
+                                             max_position_embeddings=32768, rope_scaling=_NTK), 151667),
+}
+PRESETS["internvl3_38b"] = PRESETS["internvl2_5_38b"]

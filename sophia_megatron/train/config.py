@@ -15,6 +15,8 @@ from sophia_common.config import ConfigError, build, doc, read_recipe
 @dataclass
 class ModelSection:
     mcore_dir: str = doc("converted checkpoint to start from (sophia-convert hf-to-mcore)")
+    arch: str | None = doc("architecture preset (internvl2_5_8b, internvl3_8b, internvl2_5_38b, internvl3_38b) "
+                           "used by --dry-run before mcore_dir exists", None)
     spec: Literal["local", "te"] = doc("layer spec: 'te' (Transformer Engine, GPU) or 'local' (CPU)", "local")
     params_dtype: Literal["float32", "bfloat16"] = doc("dtype of the language model weights", "float32")
     vision_dtype: Literal["float32", "bfloat16"] = doc("dtype of the frozen vision path (bf16 at most on GPU)",
@@ -26,6 +28,9 @@ class ParallelSection:
     tp: int = doc("tensor-parallel size of the language model", 1)
     pp: int = doc("pipeline-parallel size (the vision path lives on the first stage)", 1)
     sequence_parallel: bool = doc("Megatron sequence parallelism (needs tp > 1)", False)
+    recompute: Literal["none", "selective", "full"] = doc(
+        "activation recomputation: 'selective' (attention core), 'full' (every layer's input only)", "none")
+    world_size: int | None = doc("GPUs the job runs on (for --dry-run; at run time the launcher decides)", None)
 
 
 @dataclass

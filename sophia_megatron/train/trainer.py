@@ -87,6 +87,10 @@ class Trainer:
         # the alltoall MoE dispatcher setting, even for dense models.
         extra = {"calculate_per_token_loss": True, "variable_seq_lengths": True,
                  "moe_token_dispatcher_type": "alltoall"}
+        if r.parallel.recompute == "full":
+            extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+        elif r.parallel.recompute == "selective":
+            extra.update(recompute_granularity="selective")
         if r.fp8.recipe != "none":
             extra.update(fp8="e4m3", fp8_recipe=r.fp8.recipe,
                          first_last_layers_bf16=r.fp8.bf16_first_last_layers > 0,
