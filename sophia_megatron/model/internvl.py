@@ -77,6 +77,9 @@ class InternVLModel(nn.Module):
             rotary_base=int(arch.language.rope_theta), scatter_embedding_sequence_parallel=False,
         )
         self.model_type = self.language_model.model_type
+        # Read by Megatron's finalize_model_grads on the unwrapped module (PP embedding grads).
+        self.share_embeddings_and_output_weights = False
+        self.position_embedding_type = "rope"
         self.vision: VisionPath | None = None
         if pre_process:
             self.vision = VisionPath(arch).freeze()
@@ -112,8 +115,24 @@ class InternVLModel(nn.Module):
                 attention_mask: torch.Tensor | None, labels: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, packed_seq_params: Any = None) -> torch.Tensor:
         decoder_input = self.embed(input_ids, position_ids, pixel_values) if self.pre_process else None
-        return self.language_model(input_ids, position_ids, attention_mask, decoder_input=decoder_input,
-                                   labels=labels, packed_seq_params=packed_seq_params)
+        output = self.language_model(input_ids, position_ids, attention_mask, decoder_input=decoder_input,
+                                     packed_seq_params=packed_seq_params)
+        if labels is None or not self.post_process:
+            return output
+        # [b, s, vocab / TP] -> per-token loss [b, s], with the padded vocabulary rows masked out
+        # of the softmax so the loss is the checkpoint's own, whatever the TP padding.
+        logits = self.mask_padded_vocab(output).transpose(0, 1).contiguous()
+        return self.language_model.compute_language_model_loss(labels, logits)
+
+    def mask_padded_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        from megatron.core import parallel_state
+
+        local = logits.shape[-1]
+        start = parallel_state.get_tensor_model_parallel_rank() * local
+        real = self.arch.language.vocab_size - start
+        if real >= local:
+            return logits
+        return logits.masked_fill(torch.arange(local, device=logits.device) >= real, torch.finfo(logits.dtype).min)
 
     def sharded_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         """Only the language model is checkpointed by the trainer (the vision path is frozen)."""

@@ -263,6 +263,11 @@ class Trainer:
             if self._stop_everywhere():
                 log.warning("stop requested (SIGTERM/SIGUSR1): checkpointing at step %d and exiting", self.step)
                 break
+            exit_interval = self.recipe.train.exit_interval
+            if exit_interval and self.step % exit_interval == 0 and self.step < self.recipe.train.steps:
+                log.info("exit interval reached at step %d: checkpointing and exiting", self.step)
+                self.save()
+                return history
         self.save()
         if ck.export_hf:
             self.export(ck.export_hf)
