@@ -41,8 +41,10 @@ def train(args: argparse.Namespace, overrides: list[str]) -> int:
         report = dry_run(recipe, args.config, world_size=args.world_size)
         print(json.dumps(report, indent=2))
         return 0 if report["fits"] else 1
+    from sophia_megatron.train.config import check_runtime
     from sophia_megatron.train.trainer import Trainer
 
+    check_runtime(recipe)
     trainer = Trainer(recipe)
     trainer.run()
     from sophia_megatron.parallel import destroy_parallel

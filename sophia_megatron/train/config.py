@@ -106,14 +106,18 @@ class TrainRecipe:
             problems.append("parallel.sequence_parallel needs parallel.tp > 1")
         if self.train.steps < 1:
             problems.append("train.steps must be >= 1")
-        if self.fp8.recipe != "none":
-            problems.extend(fp8_problems(self))
+        if self.fp8.recipe != "none" and self.model.spec != "te":
+            problems.append("FP8 needs model.spec=te (Transformer Engine layers)")
         if problems:
             raise ValueError("; ".join(problems))
 
 
 def fp8_problems(recipe: TrainRecipe) -> list[str]:
-    """FP8 is a GPU feature of Transformer Engine: say clearly why it cannot run here."""
+    """FP8 is a GPU feature of Transformer Engine: say clearly why it cannot run on this host.
+
+    Checked when training starts (not at recipe load), so ``--dry-run`` of an FP8 recipe works
+    on a login node without GPUs.
+    """
     import importlib.util
 
     import torch
@@ -124,9 +128,19 @@ def fp8_problems(recipe: TrainRecipe) -> list[str]:
     if importlib.util.find_spec("transformer_engine") is None:
         problems.append(f"fp8.recipe={recipe.fp8.recipe} needs Transformer Engine (`import transformer_engine` "
                         "fails); use an NGC PyTorch container or set fp8.recipe=none")
-    if recipe.model.spec != "te":
-        problems.append("FP8 needs model.spec=te (Transformer Engine layers)")
     return problems
+
+
+def check_runtime(recipe: TrainRecipe) -> None:
+    """Refuse, with one clear message, a recipe this host cannot run."""
+    problems = fp8_problems(recipe) if recipe.fp8.recipe != "none" else []
+    if recipe.model.spec == "te":
+        import importlib.util
+
+        if importlib.util.find_spec("transformer_engine") is None:
+            problems.append("model.spec=te needs Transformer Engine; on a CPU host use model.spec=local")
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))
 
 
 SECTIONS = ("model", "parallel", "train", "data", "checkpoint", "logging", "fp8")
