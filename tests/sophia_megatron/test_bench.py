@@ -1,0 +1,25 @@
+"""``sophia-profile train`` runs the real update path and reports honest numbers (CPU, tiny preset)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.multirank import REPO, subprocess_env
+
+
+@pytest.mark.slow
+def test_profile_train_tiny(tmp_path):
+    plot = tmp_path / "train.png"
+    proc = subprocess.run([sys.executable, "-m", "sophia_common.profile_cli", "train", "--preset", "tiny",
+                           "--steps", "2", "--warmup", "1", "--plot", str(plot)], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    run = report["runs"][0]
+    assert run["device"] == "cpu" and run["mfu"] is None  # no meaningful peak on a CPU
+    assert run["tokens_per_s"] > 0 and run["tflops_per_gpu"] > 0 and len(run) > 5
+    assert plot.stat().st_size > 1000
