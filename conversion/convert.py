@@ -27,7 +27,14 @@ from typing import Any
 from conversion.arch import InternVLArch, padded_vocab_size
 from conversion.hf_checkpoint import HFCheckpoint
 from conversion.internvl_mapping import Row, expand, expected_hf_shapes, table
-from conversion.megatron_layout import layer_index, on_stage, rename_layer, stage_layers, tp_mapping
+from conversion.megatron_layout import (
+    layer_index,
+    on_stage,
+    rename_layer,
+    stage_layers,
+    stored_once,
+    tp_mapping,
+)
 from conversion.torch_stream import StreamingTorchWriter, TensorSpec
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger, progress
@@ -79,6 +86,11 @@ def placements(name: str, arch: InternVLArch, layout: Layout) -> list[tuple[int,
     return out
 
 
+def writer_ranks(name: str, layout: Layout) -> range:
+    """TP ranks whose file holds ``name``: all of them, or rank 0 for tensors stored once."""
+    return range(1) if stored_once(name) else range(layout.tp)
+
+
 def check_shapes(ckpt: HFCheckpoint, rows: list[Row]) -> None:
     expected = expected_hf_shapes(ckpt.arch)
     present = set(ckpt.names())
@@ -105,7 +117,7 @@ def plan_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout) -> dict
         full = row.transform.to_megatron(metas)
         mapping = tp_mapping(row.megatron, gated_mlp=True)
         for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
-            for tp_rank in range(layout.tp):
+            for tp_rank in writer_ranks(row.megatron, layout):
                 piece = mapping.shard(full, tp_rank, layout.tp)
                 specs[(tp_rank, pp_rank)][local] = TensorSpec(piece.dtype, tuple(piece.shape))
     return specs
@@ -130,7 +142,7 @@ def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_d
             full = row.transform.to_megatron([ckpt.get(h) for h in row.hf])
             mapping = tp_mapping(row.megatron, gated_mlp=True)
             for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
-                for tp_rank in range(layout.tp):
+                for tp_rank in writer_ranks(row.megatron, layout):
                     piece = mapping.shard(full, tp_rank, layout.tp)
                     writers[(tp_rank, pp_rank)].write(f"model/{local}", piece)
                     written += piece.numel() * piece.element_size()

@@ -21,7 +21,7 @@ from conversion.convert import HF_FILES, META_NAME, TRACKER, Layout, placements,
 from conversion.hf_checkpoint import read_json
 from conversion.hf_formats import hf_config_to_original, hf_to_original, original_config_to_hf
 from conversion.internvl_mapping import Row, expand, table
-from conversion.megatron_layout import tp_mapping
+from conversion.megatron_layout import stored_once, tp_mapping
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger, progress
 
@@ -64,7 +64,7 @@ class MegatronCheckpoint:
         """The full (TP-gathered) tensor of one Megatron parameter."""
         pp_rank, local = placements(megatron_name, self.arch, self.layout)[0]
         pieces = []
-        for tp_rank in range(self.layout.tp):
+        for tp_rank in range(1 if stored_once(megatron_name) else self.layout.tp):
             state = self.rank_state(tp_rank, pp_rank)
             if local not in state:
                 raise UserError(f"{self.iter_dir / self.layout.rank_dir(tp_rank, pp_rank)}: "

@@ -14,7 +14,7 @@ from typing import Any
 from conversion.arch import InternVLArch
 from conversion.convert import Layout, placements
 from conversion.export import MegatronCheckpoint
-from conversion.megatron_layout import tp_mapping
+from conversion.megatron_layout import stored_once, tp_mapping
 
 
 def read_arch(mcore_dir: str | Path) -> tuple[InternVLArch, dict[str, Any]]:
@@ -30,7 +30,10 @@ def local_state_dict(mcore_dir: str | Path, *, tp: int, pp: int, tp_rank: int, p
         raise ValueError(f"{mcore_dir}: converted for the '{ckpt.layout.spec}' layer spec, model uses '{spec}' "
                          f"(convert again with --spec {spec})")
     if (ckpt.layout.tp, ckpt.layout.pp) == (tp, pp):
-        return dict(ckpt.rank_state(tp_rank, pp_rank))
+        state = dict(ckpt.rank_state(tp_rank, pp_rank))
+        if tp_rank != 0:  # tensors stored once (the frozen vision path) live in TP rank 0's file
+            state.update({k: v for k, v in ckpt.rank_state(0, pp_rank).items() if stored_once(k)})
+        return state
     running = Layout(tp, pp, spec)
     state = {}
     for row in ckpt.rows:

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from conversion.arch import padded_vocab_size
+from conversion.megatron_layout import stored_once
 
 TRACKER = "latest_checkpointed_iteration.txt"
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -117,7 +118,8 @@ def export_torch(out_dir: str | Path, model: Any, *, tp_rank: int, pp_rank: int,
     out_dir = Path(out_dir)
     rank_dir = out_dir / "iter_0000000" / (f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp > 1 else ""))
     rank_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
+             if not k.endswith("_extra_state") and (tp_rank == 0 or not stored_once(k))}
     torch.save({"model": state, "checkpoint_version": 3.0, "iteration": 0}, rank_dir / "model_optim_rng.pt")
     dist.barrier()
     if dist.get_rank() == 0:

@@ -1,0 +1,321 @@
+"""``sophia-rollout caption|reason|score|select|run|stats|merge``: the SOPHIA rollout, stage by stage.
+
+    sophia-rollout run     --config RECIPE [key=value ...] [--shard i/n]   # caption -> reason -> score -> select
+    sophia-rollout caption --config RECIPE [--shard i/n]                    # ... or one stage at a time
+    sophia-rollout stats   --config RECIPE [--out DIR]                      # stats.json + lengths.png
+    sophia-rollout merge   --config RECIPE --sources DIR [DIR ...] --dest DIR
+
+What: the recipe's ``rollout:`` section (``RolloutConfig`` below; overrides such as
+``rollout.N=4`` or just ``N=4``) names the inputs (DESIGN §3.1), the store directory, the
+captioner (the policy InternVL), the easy / hard reasoning LLMs, K, N, α, Keep-k, the ablation,
+the verifier and the prompt files. Each stage lives in ``rollout.stages``; this module loads the
+settings, runs stages and writes the hand-back to packing: ``select`` exports the ``selected``
+table as sample records to ``rollout.selected_out`` (parquet or JSONL, read by
+``sophia-rollout pack --in``).
+
+Sharding: ``--shard i/n`` processes the input ids task i of n owns (``rollout.sharding``). Array
+tasks may share one store (their keys are disjoint; each writes under its own writer tag) or use
+one store each (``rollout.store_dir=...`` per task) and ``merge`` them, which checks that no key
+is stored twice and that every input id is stored or rejected. A sharded ``select`` does not
+export, since it sees only its own questions: run ``select`` once unsharded on the complete store
+(it decides nothing again, and exports).
+
+Paths: inputs, models, ``store_dir`` and ``selected_out`` are used as given (relative to the
+working directory); prompt files are relative to the recipe file (``rollout.prompts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rollout.engines import EngineConfig, check_model, make_engine
+from rollout.prompts import Prompts, PromptsConfig
+from rollout.rewards import Ablation
+from rollout.sharding import Shard
+from rollout.stages import (
+    CAPTIONS,
+    DECISIONS,
+    SCORES,
+    SELECTED,
+    TRAJECTORIES,
+    EngineFactory,
+    RolloutRun,
+    StageReport,
+    caption_stage,
+    read_rows,
+    reason_stage,
+    score_stage,
+    select_stage,
+)
+from rollout.store import Store, merge
+from sophia_common.cli import UserError
+from sophia_common.config import KNOWN_SECTIONS, build, doc, read_recipe
+from sophia_common.log import get_logger
+
+log = get_logger("rollout.pipeline")
+
+
+@dataclass
+class CaptionerConfig(EngineConfig):
+    """The policy InternVL writing captions (K per image, no question shown)."""
+
+    K: int = doc("captions per image", 8)
+    max_tiles: int = doc("InternVL dynamic tiling: most tiles per image (plus a thumbnail)", 12)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.K < 1 or self.max_tiles < 1:
+            raise ValueError("K and max_tiles must be >= 1")
+
+
+@dataclass
+class ReasonerConfig:
+    """The text reasoning LLM(s) answering from a caption (QwQ-32B easy, DeepSeek-R1 hard in the paper)."""
+
+    easy: EngineConfig = doc("the reasoner for every question not routed to 'hard'", default_factory=EngineConfig)
+    hard: EngineConfig | None = doc("optional reasoner for questions whose difficulty is in hard_difficulties",
+                                    None)
+    hard_difficulties: list[str] = doc("input 'difficulty' values routed to the hard reasoner", ["hard"])
+
+
+@dataclass
+class VerifierConfig:
+    timeout_s: float = doc("hard time limit of one symbolic check (seconds); a timeout scores 0", 5.0)
+    workers: int = doc("verifier worker processes", 1)
+
+
+@dataclass
+class RolloutConfig:
+    """The ``rollout:`` section of a recipe."""
+
+    inputs: list[str] = doc("input files (parquet / JSONL rows: id, image, question, answer, source, "
+                            "difficulty)", [])
+    store_dir: str = doc("the resumable store of this run (one directory of tables)", "")
+    captioner: CaptionerConfig = doc("the captioning policy InternVL", default_factory=CaptionerConfig)
+    reasoner: ReasonerConfig = doc("the reasoning LLM(s)", default_factory=ReasonerConfig)
+    N: int = doc("trajectories per caption", 8)
+    alpha: float = doc("caption-reward threshold of Eq. 6 (inclusive)", 0.75)
+    keep_k: int = doc("trajectories kept per question: the k shortest eligible ones", 1)
+    ablation: Ablation = doc("none | random | no_caption_reward | no_shortest (DESIGN §1.1)", "none")
+    seed: int = doc("seed of the random ablations' draws", 0)
+    verifier: VerifierConfig = doc("answer verification", default_factory=VerifierConfig)
+    batch_size: int = doc("requests per engine call and per stored shard (images, captions, questions)", 64)
+    selected_out: str = doc("export of the selected samples (.parquet or .jsonl); empty: "
+                            "STORE_DIR/selected.parquet", "")
+    prompts: PromptsConfig = doc("prompt files", default_factory=PromptsConfig)
+
+    def __post_init__(self) -> None:
+        if self.N < 1 or self.batch_size < 1:
+            raise ValueError("N and batch_size must be >= 1")
+        if not 0 <= self.alpha <= 1 or self.keep_k < 1:
+            raise ValueError(f"need 0 <= alpha <= 1 and keep_k >= 1, got {self.alpha}, {self.keep_k}")
+
+    @property
+    def selected_path(self) -> Path:
+        return Path(self.selected_out) if self.selected_out else Path(self.store_dir) / "selected.parquet"
+
+
+def _qualified(overrides: list[str]) -> list[str]:
+    """``N=4`` means ``rollout.N=4``: only this section is read here."""
+    return [item if item.split("=", 1)[0].split(".")[0] in KNOWN_SECTIONS else f"rollout.{item}"
+            for item in overrides]
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -> RolloutConfig:
+    config = build(RolloutConfig, read_recipe(recipe, _qualified(overrides or [])).get("rollout") or {}, "rollout")
+    missing = [name for name in ("inputs", "store_dir") if not getattr(config, name)]
+    if missing:
+        raise UserError(f"{recipe}: rollout.{' and rollout.'.join(missing)} must be set")
+    return config
+
+
+def open_run(config: RolloutConfig, recipe: str | Path | None, shard: Shard, *,
+             engine_factory: EngineFactory = make_engine) -> RolloutRun:
+    """The prompts, the store (writer tag: the shard) and this shard's inputs, read once."""
+    from rollout.inputs import read_inputs
+
+    prompts = Prompts.load(config.prompts, Path(recipe).parent if recipe else None)
+    inputs = read_inputs(config.inputs, shard=shard, check_images=False, extra_columns=("choices",))
+    store = Store(config.store_dir, writer=shard.tag)
+    log.info("rollout shard %s: %d usable input rows, %d input rejects; store %s", shard, len(inputs.rows),
+             len(inputs.rejects), config.store_dir)
+    return RolloutRun(config, prompts, store, shard, inputs, engine_factory)
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_selected(store: Store, path: Path) -> int:
+    """Write the ``selected`` table as sample records (``rollout.inputs`` columns + response, weight).
+
+    Sample ids are ``ID/kKnN`` (unique even with Keep-k > 1); ``question_id``, ``k``, ``n`` keep the
+    origin. Images: JSONL gets ``image`` (a path) or ``image_b64``; parquet a string ``image`` column
+    when every image is a path, else encoded bytes (paths read). Written to a temp file and renamed.
+    """
+    rows = sorted(read_rows(store, SELECTED, _SELECTED_COLUMNS), key=lambda row: (row["id"], row["k"], row["n"]))
+    records = [{**{name: row[name] for name in _RECORD_COLUMNS}, "id": f"{row['id']}/k{row['k']}n{row['n']}",
+                "question_id": row["id"], "k": row["k"], "n": row["n"], "image": row["image"],
+                "image_path": row["image_path"]} for row in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        _write_jsonl(records, temp)
+    elif path.suffix.lower() in (".parquet", ".pq"):
+        _write_parquet(records, temp)
+    else:
+        raise UserError(f"rollout.selected_out: {path} must end in .parquet or .jsonl")
+    os.replace(temp, path)
+    return len(records)
+
+
+_RECORD_COLUMNS = ("question", "answer", "source", "response", "weight", "caption_reward", "num_tokens")
+_SELECTED_COLUMNS = ["id", "k", "n", "image", "image_path", *_RECORD_COLUMNS]
+
+
+def _write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            image, image_path = record.pop("image"), record.pop("image_path")
+            record.update({"image": image_path} if image_path else
+                          {"image_b64": base64.b64encode(image).decode("ascii")})
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _write_parquet(records: list[dict[str, Any]], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    all_paths = bool(records) and all(record["image_path"] for record in records)
+    for record in records:
+        image, image_path = record.pop("image"), record.pop("image_path")
+        record["image"] = image_path if all_paths else image if image is not None else Path(image_path).read_bytes()
+    columns = {name: [record[name] for record in records] for name in
+               ("id", "question_id", "k", "n", "image", *_RECORD_COLUMNS)}
+    image_type = pa.string() if all_paths else pa.binary()
+    schema = pa.schema([(name, image_type if name == "image" else _EXPORT_TYPES[name]) for name in columns])
+    pq.write_table(pa.table(columns, schema=schema), path)
+
+
+_EXPORT_TYPES = {"id": "string", "question_id": "string", "k": "int64", "n": "int64", "question": "string",
+                 "answer": "string", "source": "string", "response": "string", "weight": "float64",
+                 "caption_reward": "float64", "num_tokens": "int64"}
+
+
+# ---------------------------------------------------------------- command line
+
+
+@dataclass
+class Invocation:
+    config: RolloutConfig
+    recipe: Path | None
+    shard: Shard
+    args: argparse.Namespace = field(repr=False)
+
+
+def _parse(stage: str, argv: list[str], extra: Any = None) -> Invocation:
+    parser = argparse.ArgumentParser(prog=f"sophia-rollout {stage}", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=stage != "merge", help="recipe YAML with a rollout: section")
+    parser.add_argument("--shard", default="0/1", help="process the inputs task i of n owns (0-based), e.g. 3/8")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. rollout.N=4 (or N=4)")
+    if extra:
+        extra(parser)
+    args = parser.parse_intermixed_args(argv)
+    config = load_config(args.config, args.overrides) if args.config else None
+    return Invocation(config, args.config, Shard.parse(args.shard), args)  # type: ignore[arg-type]
+
+
+def _report(reports: list[StageReport]) -> int:
+    for report in reports:
+        print(json.dumps(report.to_json(), sort_keys=True))
+    return 0
+
+
+def run_stages(names: list[str], invocation: Invocation, *,
+               engine_factory: EngineFactory = make_engine) -> list[StageReport]:
+    """Run stages in order on one shard; ``select`` exports unless the run is sharded."""
+    stages = {"caption": caption_stage, "reason": reason_stage, "score": score_stage, "select": select_stage}
+    config = invocation.config
+    if "caption" in names:
+        check_model(config.captioner, "captioner")
+    if "reason" in names:
+        for route, engine in (("easy", config.reasoner.easy), ("hard", config.reasoner.hard)):
+            if engine is not None:
+                check_model(engine, f"reasoner.{route}")
+    run = open_run(invocation.config, invocation.recipe, invocation.shard, engine_factory=engine_factory)
+    reports = []
+    for name in names:
+        report = stages[name](run)
+        log.info("%s: %s", name, json.dumps(report.to_json(), sort_keys=True))
+        if name == "select":
+            _export_unless_sharded(run, report)
+        reports.append(report)
+    return reports
+
+
+def _export_unless_sharded(run: RolloutRun, report: StageReport) -> None:
+    if run.shard.count > 1:
+        log.info("select: sharded run (%s), not exporting; run `sophia-rollout select` unsharded on the "
+                 "complete store to export", run.shard)
+        return
+    path = run.config.selected_path
+    report.extra["exported"] = export_selected(run.store, path)
+    report.extra["selected_out"] = str(path)
+
+
+def caption_main(argv: list[str]) -> int:
+    return _report(run_stages(["caption"], _parse("caption", argv)))
+
+
+def reason_main(argv: list[str]) -> int:
+    return _report(run_stages(["reason"], _parse("reason", argv)))
+
+
+def score_main(argv: list[str]) -> int:
+    return _report(run_stages(["score"], _parse("score", argv)))
+
+
+def select_main(argv: list[str]) -> int:
+    return _report(run_stages(["select"], _parse("select", argv)))
+
+
+def run_main(argv: list[str]) -> int:
+    return _report(run_stages(["caption", "reason", "score", "select"], _parse("run", argv)))
+
+
+def stats_main(argv: list[str]) -> int:
+    from rollout.stats import write_stats
+
+    invocation = _parse("stats", argv, lambda parser: parser.add_argument(
+        "--out", type=Path, help="directory for stats.json and lengths.png (default: the store)"))
+    config = invocation.config
+    report = write_stats(config, invocation.args.out or Path(config.store_dir))
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def merge_main(argv: list[str]) -> int:
+    """Join array tasks' stores; with ``--config``, every input id must be stored or rejected."""
+    from rollout.inputs import read_inputs
+
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--sources", nargs="+", type=Path, required=True, help="the tasks' store dirs")
+        parser.add_argument("--dest", type=Path, required=True, help="the merged store (new or partly merged)")
+
+    invocation = _parse("merge", argv, options)
+    args, expected = invocation.args, None
+    if invocation.config is not None:
+        expected = [row.id for row in read_inputs(invocation.config.inputs, check_images=False).rows]
+    else:
+        log.warning("merge without --config: keys are checked for duplicates only, not for missing ids")
+    names = {name for source in args.sources for name in Store(source, writer="merge").table_names()}
+    complete = [name for name in (CAPTIONS, TRAJECTORIES, SCORES, DECISIONS) if name in names]
+    report = merge(args.sources, args.dest, expected_ids=expected, complete_tables=complete)
+    print(json.dumps({"dest": str(args.dest), "rows": report.rows, "shards": report.shards,
+                      "rejects": report.reject_counts}, sort_keys=True))
+    return 0

@@ -1,0 +1,440 @@
+"""The four rollout stages over the resumable store: caption -> reason -> score -> select (DESIGN §1.1).
+
+Each stage reads what earlier stages stored, works out which keys are neither stored nor rejected
+yet, and processes them in batches of ``rollout.batch_size`` requests, writing one shard per batch
+(``rollout.store``), so a killed stage loses at most one batch and a rerun recomputes nothing:
+
+* ``caption_stage`` — one request per image with ``n = K`` (the image is encoded once per request);
+  table ``captions`` keyed (id, k): text, num_tokens, finish_reason.
+* ``reason_stage`` — one request per caption with ``n = N``, routed by the input's ``difficulty`` to
+  the ``hard`` reasoner when one is configured, else the ``easy`` one; engines are started one
+  after the other, never together. Table ``trajectories`` keyed (id, k, n): text, num_tokens,
+  finish_reason (``length`` = cut at max_tokens), route.
+* ``score_stage`` — Eq. 4 through ``VerifierPool`` (the code path of ``sophia-rollout check``),
+  a truncated trajectory scores 0 with reason ``truncated``; Eq. 5 per caption. Table ``scores``
+  keyed (id, k, n): correct, extracted, reason, truncated, caption_reward, num_tokens.
+* ``select_stage`` — Eq. 6 or an ablation (``rollout.rewards``) per question. Table ``selected``
+  keyed (id, k, n) holds the sample records the packer needs; table ``decisions`` keyed (id) records
+  that a question was decided (also when nothing was selected) and under which settings.
+
+A bad sample never stops a stage: an unreadable image, an engine error on a request or an empty
+caption becomes a row of the rejects table with its reason (stage ``caption`` keyed (id, k),
+``reason`` keyed (id, k, n)); input rows that cannot be used are rejected by ``read_inputs``.
+A failure of a whole engine call is retried request by request, so one bad request cannot take
+its batch down with it. Truncated captions are kept (flagged ``finish_reason = length``) and
+reasoned on: their caption reward decides whether they are worth anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyarrow as pa
+
+from rollout.engines import (
+    ENGINE_ERROR,
+    FINISH_LENGTH,
+    Completion,
+    Engine,
+    EngineConfig,
+    Failure,
+    Request,
+    SamplingParams,
+)
+from rollout.inputs import InputRow, Inputs
+from rollout.prompts import Prompts, as_thinking_response
+from rollout.rewards import ScoredTrajectory, SelectionSettings, select_for_question
+from rollout.sharding import Shard
+from rollout.store import Store, reject_record
+from sophia_common.cli import UserError
+from sophia_common.log import get_logger
+
+if TYPE_CHECKING:
+    from rollout.pipeline import RolloutConfig
+
+CAPTION, REASON, SCORE, SELECT = "caption", "reason", "score", "select"
+CAPTIONS, TRAJECTORIES, SCORES, SELECTED, DECISIONS = "captions", "trajectories", "scores", "selected", "decisions"
+TRAJECTORY_KEYS = ("id", "k", "n")
+EMPTY_CAPTION = "empty_caption"
+SETTING_COLUMNS = ("alpha", "keep_k", "ablation", "seed")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    CAPTIONS: pa.schema([("id", pa.string()), ("k", pa.int64()), ("text", pa.string()),
+                         ("num_tokens", pa.int64()), ("finish_reason", pa.string())]),
+    TRAJECTORIES: pa.schema([("id", pa.string()), ("k", pa.int64()), ("n", pa.int64()), ("text", pa.string()),
+                             ("num_tokens", pa.int64()), ("finish_reason", pa.string()), ("route", pa.string())]),
+    SCORES: pa.schema([("id", pa.string()), ("k", pa.int64()), ("n", pa.int64()), ("correct", pa.bool_()),
+                       ("extracted", pa.string()), ("reason", pa.string()), ("truncated", pa.bool_()),
+                       ("caption_reward", pa.float64()), ("num_tokens", pa.int64())]),
+    SELECTED: pa.schema([("id", pa.string()), ("k", pa.int64()), ("n", pa.int64()), ("image", pa.binary()),
+                         ("image_path", pa.string()), ("question", pa.string()), ("answer", pa.string()),
+                         ("source", pa.string()), ("response", pa.string()), ("weight", pa.float64()),
+                         ("caption_reward", pa.float64()), ("num_tokens", pa.int64())]),
+    DECISIONS: pa.schema([("id", pa.string()), ("trajectories", pa.int64()), ("correct", pa.int64()),
+                          ("eligible", pa.int64()), ("selected", pa.int64()), ("alpha", pa.float64()),
+                          ("keep_k", pa.int64()), ("ablation", pa.string()), ("seed", pa.int64())]),
+}
+"""Column types of the stage tables, fixed so that a shard whose optional column is all null (no
+answer extracted in a whole batch) still has the type of the shards before and after it."""
+KEY_COLUMNS_OF = {CAPTIONS: ("id", "k"), TRAJECTORIES: TRAJECTORY_KEYS, SCORES: TRAJECTORY_KEYS,
+                  SELECTED: TRAJECTORY_KEYS, DECISIONS: ("id",)}
+
+EngineFactory = Callable[..., Engine]
+T = TypeVar("T")
+log = get_logger("rollout.stages")
+
+
+@dataclass
+class RolloutRun:
+    """Everything a stage needs: the settings, the prompts, the store, this task's shard, the inputs."""
+
+    config: RolloutConfig
+    prompts: Prompts
+    store: Store
+    shard: Shard
+    inputs: Inputs
+    engine_factory: EngineFactory
+
+    def rows_by_id(self) -> dict[str, InputRow]:
+        return {row.id: row for row in self.inputs.rows}
+
+
+@dataclass
+class StageReport:
+    stage: str
+    wanted: int = 0
+    already_done: int = 0
+    written: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        report = asdict(self)
+        report.update(report.pop("extra"))
+        report["seconds"] = round(self.seconds, 2)
+        return report
+
+
+def as_arrow(rows: list[dict[str, Any]], table: str) -> pa.Table:
+    """Rows of a stage table with the table's fixed column types."""
+    return pa.Table.from_pylist(rows, schema=SCHEMAS[table])
+
+
+def read_rows(store: Store, table: str, columns: list[str]) -> list[dict[str, Any]]:
+    """Some columns of a stage table as dicts; [] while the table has no shard yet."""
+    stored = store.table(table, KEY_COLUMNS_OF[table])
+    return stored.read(columns).to_pylist() if stored.shard_paths() else []
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def generate_robustly(engine: Engine, requests: list[Request],
+                      params: SamplingParams) -> list[list[Completion] | Failure]:
+    """``engine.generate``; if the whole call fails, each request alone, so only bad ones fail."""
+    try:
+        results = engine.generate(requests, params)
+    except UserError:
+        raise
+    except Exception as exc:  # an engine error on one request must not sink the batch or the run
+        if engine.is_fatal(exc):
+            raise
+        if len(requests) == 1:
+            return [Failure(ENGINE_ERROR, f"{type(exc).__name__}: {exc}"[:2000])]
+        log.warning("%s engine failed on a batch of %d (%s: %s); retrying one by one", engine.name,
+                    len(requests), type(exc).__name__, exc)
+        results = [generate_robustly(engine, [request], params)[0] for request in requests]
+        if all(isinstance(result, Failure) and result.reason == ENGINE_ERROR for result in results):
+            raise RuntimeError(f"the {engine.name} engine failed on every request of a batch of "
+                               f"{len(requests)}, alone and together; stopping rather than rejecting them "
+                               f"all (first error: {exc})") from exc
+    return [result if isinstance(result, Failure) or len(result) == params.n else
+            Failure(ENGINE_ERROR, f"engine returned {len(result)} completions, asked for {params.n}")
+            for result in results]
+
+
+def generate_with_counts(engine: Engine, requests: list[Request], counts: list[int],
+                         config: EngineConfig) -> list[list[Completion] | Failure]:
+    """Requests that want different ``n`` (a resumed item misses only some samples), grouped by n."""
+    results: list[list[Completion] | Failure | None] = [None] * len(requests)
+    positions: dict[int, list[int]] = defaultdict(list)
+    for position, count in enumerate(counts):
+        positions[count].append(position)
+    for count, group in positions.items():
+        outputs = generate_robustly(engine, [requests[p] for p in group], SamplingParams.of(config, count))
+        for position, output in zip(group, outputs, strict=True):
+            results[position] = output
+    return results  # type: ignore[return-value]
+
+
+def _log_progress(stage: str, done: int, total: int, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    log.info("%s: %d/%d requests (%.1f s, %.2f requests/s)", stage, done, total, elapsed, done / max(elapsed, 1e-9))
+
+
+# ---------------------------------------------------------------- caption
+
+
+def caption_stage(run: RolloutRun) -> StageReport:
+    """K captions per image by the policy InternVL, the question never shown."""
+    started, config = time.perf_counter(), run.config.captioner
+    run.store.write_rejects(run.inputs.rejects, skip_existing=True)
+    captions = run.store.table(CAPTIONS)
+    done = captions.existing_keys() | run.store.rejected_keys(CAPTION, ("id", "k"))
+    todo = [(row, [k for k in range(config.K) if (row.id, k) not in done]) for row in run.inputs.rows]
+    todo = [(row, missing) for row, missing in todo if missing]
+    report = StageReport(CAPTION, wanted=len(run.inputs.rows) * config.K)
+    report.already_done = report.wanted - sum(len(missing) for _, missing in todo)
+    if todo:
+        with run.engine_factory(config, "captioner", vision=True, max_tiles=config.max_tiles) as engine:
+            for finished, batch in enumerate(chunks(todo, run.config.batch_size)):
+                requests = [Request(run.prompts.caption_messages(), key=f"caption:{row.id}:{missing}",
+                                    image=row.image) for row, missing in batch]
+                outputs = generate_with_counts(engine, requests, [len(m) for _, m in batch], config)
+                rows, rejects = _caption_records(batch, outputs)
+                captions.write(as_arrow(rows, CAPTIONS))
+                run.store.write_rejects(rejects)
+                report.written, report.rejected = report.written + len(rows), report.rejected + len(rejects)
+                _log_progress(CAPTION, min((finished + 1) * run.config.batch_size, len(todo)), len(todo), started)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _caption_records(batch: Sequence[tuple[InputRow, list[int]]],
+                     outputs: list[list[Completion] | Failure]) -> tuple[list[dict], list[dict]]:
+    rows, rejects = [], []
+    for (row, missing), output in zip(batch, outputs, strict=True):
+        if isinstance(output, Failure):
+            rejects += [reject_record(row.id, CAPTION, output.reason, output.detail, k=k) for k in missing]
+            continue
+        rows += [{"id": row.id, "k": k, "text": completion.text, "num_tokens": completion.num_tokens,
+                  "finish_reason": completion.finish_reason} for k, completion in zip(missing, output, strict=True)]
+    return rows, rejects
+
+
+# ---------------------------------------------------------------- reason
+
+
+@dataclass(frozen=True)
+class _CaptionWork:
+    row: InputRow
+    k: int
+    caption: str
+    missing: list[int]
+
+
+def reason_stage(run: RolloutRun) -> StageReport:
+    """N trajectories per caption by the reasoning LLM(s), from the simulated-seeing prompt."""
+    started, rows_by_id = time.perf_counter(), run.rows_by_id()
+    trajectories = run.store.table(TRAJECTORIES)
+    done = trajectories.existing_keys() | run.store.rejected_keys(REASON, TRAJECTORY_KEYS)
+    captions = read_rows(run.store, CAPTIONS, ["id", "k", "text"])
+    captions = sorted((c for c in captions if c["id"] in rows_by_id), key=lambda c: (c["id"], c["k"]))
+    work = [_CaptionWork(rows_by_id[c["id"]], c["k"], c["text"],
+                         [n for n in range(run.config.N) if (c["id"], c["k"], n) not in done]) for c in captions]
+    report = StageReport(REASON, wanted=len(captions) * run.config.N)
+    report.already_done = report.wanted - sum(len(item.missing) for item in work)
+    work = [item for item in work if item.missing]
+    empty = [item for item in work if not item.caption.strip()]
+    if empty:
+        rejects = [reject_record(item.row.id, REASON, EMPTY_CAPTION, "the caption is empty", k=item.k, n=n)
+                   for item in empty for n in item.missing]
+        run.store.write_rejects(rejects)
+        report.rejected += len(rejects)
+    for route, config in _routes(run):
+        routed = [item for item in work if item.caption.strip() and _route_of(run, item.row) == route]
+        if routed:
+            with run.engine_factory(config, f"reasoner.{route}", vision=False) as engine:
+                _reason_with(run, engine, config, route, routed, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _routes(run: RolloutRun) -> list[tuple[str, EngineConfig]]:
+    reasoner = run.config.reasoner
+    return [("easy", reasoner.easy)] + ([("hard", reasoner.hard)] if reasoner.hard is not None else [])
+
+
+def _route_of(run: RolloutRun, row: InputRow) -> str:
+    reasoner = run.config.reasoner
+    return "hard" if reasoner.hard is not None and row.difficulty in reasoner.hard_difficulties else "easy"
+
+
+def _reason_with(run: RolloutRun, engine: Engine, config: EngineConfig, route: str,
+                 work: list[_CaptionWork], report: StageReport) -> None:
+    started, table = time.perf_counter(), run.store.table(TRAJECTORIES)
+    for finished, batch in enumerate(chunks(work, run.config.batch_size)):
+        requests = [Request(run.prompts.reasoning_messages(item.row.question, item.caption),
+                            key=f"reason:{item.row.id}:{item.k}:{item.missing}") for item in batch]
+        outputs = generate_with_counts(engine, requests, [len(item.missing) for item in batch], config)
+        rows, rejects = [], []
+        for item, output in zip(batch, outputs, strict=True):
+            if isinstance(output, Failure):
+                rejects += [reject_record(item.row.id, REASON, output.reason, output.detail, k=item.k, n=n)
+                            for n in item.missing]
+                continue
+            rows += [{"id": item.row.id, "k": item.k, "n": n, "text": completion.text,
+                      "num_tokens": completion.num_tokens, "finish_reason": completion.finish_reason,
+                      "route": route} for n, completion in zip(item.missing, output, strict=True)]
+        table.write(as_arrow(rows, TRAJECTORIES))
+        run.store.write_rejects(rejects)
+        report.written, report.rejected = report.written + len(rows), report.rejected + len(rejects)
+        _log_progress(f"{REASON}.{route}", min((finished + 1) * run.config.batch_size, len(work)), len(work),
+                      started)
+
+
+# ---------------------------------------------------------------- score
+
+
+def score_stage(run: RolloutRun) -> StageReport:
+    """Outcome rewards (Eq. 4) of every trajectory and the reward of its caption (Eq. 5)."""
+    from rollout.verifier import VerifierPool
+
+    started, rows_by_id = time.perf_counter(), run.rows_by_id()
+    scores = run.store.table(SCORES)
+    scored = scores.existing_keys()
+    columns = ["id", "k", "n", "text", "num_tokens", "finish_reason"]
+    by_caption: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for trajectory in read_rows(run.store, TRAJECTORIES, columns):
+        if trajectory["id"] in rows_by_id:
+            by_caption[(trajectory["id"], trajectory["k"])].append(trajectory)
+    report = StageReport(SCORE, wanted=sum(map(len, by_caption.values())))
+    pending = sorted(caption for caption, group in by_caption.items()
+                     if any((t["id"], t["k"], t["n"]) not in scored for t in group))
+    report.already_done = report.wanted - sum(len(by_caption[caption]) for caption in pending)
+    if pending:
+        verifier = run.config.verifier
+        with VerifierPool(workers=verifier.workers, timeout_s=verifier.timeout_s) as pool:
+            for batch in chunks(pending, run.config.batch_size):
+                rows = _score_captions([by_caption[caption] for caption in batch], rows_by_id, pool)
+                rows = [row for row in rows if (row["id"], row["k"], row["n"]) not in scored]
+                scores.write(as_arrow(rows, SCORES))
+                report.written += len(rows)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _score_captions(groups: list[list[dict]], rows_by_id: dict[str, InputRow], pool: Any) -> list[dict]:
+    from rollout.rewards import caption_reward
+
+    flat = [trajectory for group in groups for trajectory in group]
+    items = [{"response": t["text"], "answer": rows_by_id[t["id"]].answer,
+              "choices": rows_by_id[t["id"]].extra.get("choices"),
+              "truncated": t["finish_reason"] == FINISH_LENGTH} for t in flat]
+    results = iter(pool.verify_batch(items))
+    rows = []
+    for group in groups:
+        verdicts = [next(results) for _ in group]
+        reward = caption_reward([verdict.correct for verdict in verdicts])
+        rows += [{"id": t["id"], "k": t["k"], "n": t["n"], "correct": verdict.correct,
+                  "extracted": verdict.extracted, "reason": verdict.reason,
+                  "truncated": t["finish_reason"] == FINISH_LENGTH, "caption_reward": reward,
+                  "num_tokens": t["num_tokens"]} for t, verdict in zip(group, verdicts, strict=True)]
+    return rows
+
+
+# ---------------------------------------------------------------- select
+
+
+def selection_settings(config: RolloutConfig) -> SelectionSettings:
+    return SelectionSettings(alpha=config.alpha, keep_k=config.keep_k, ablation=config.ablation, seed=config.seed)
+
+
+def _check_settings(decisions: Any, settings: SelectionSettings) -> None:
+    if not decisions.shard_paths():
+        return
+    stored = {tuple(row[name] for name in SETTING_COLUMNS)
+              for row in decisions.read(list(SETTING_COLUMNS)).to_pylist()}
+    wanted = (settings.alpha, settings.keep_k, settings.ablation, settings.seed)
+    if stored - {wanted}:
+        raise UserError(f"this store's selection was made with (alpha, keep_k, ablation, seed) in {sorted(stored)}, "
+                        f"not {wanted}; select into a fresh store_dir (or remove its '{SELECTED}' and "
+                        f"'{DECISIONS}' tables) to change them")
+
+
+def select_stage(run: RolloutRun) -> StageReport:
+    """Eq. 6 per question: weight 1 for the Keep-k shortest correct trajectories of good captions."""
+    started, rows_by_id, settings = time.perf_counter(), run.rows_by_id(), selection_settings(run.config)
+    decisions = run.store.table(DECISIONS, ("id",))
+    selected = run.store.table(SELECTED, TRAJECTORY_KEYS)
+    _check_settings(decisions, settings)
+    by_question: dict[str, list[ScoredTrajectory]] = defaultdict(list)
+    columns = ["id", "k", "n", "correct", "caption_reward", "num_tokens"]
+    for score in read_rows(run.store, SCORES, columns):
+        if score["id"] in rows_by_id:
+            by_question[score["id"]].append(ScoredTrajectory(**score))
+    decided = {key[0] for key in decisions.existing_keys()}
+    undecided = [item_id for item_id in rows_by_id if item_id in by_question and item_id not in decided]
+    complete = _complete_questions(run, by_question)
+    pending = [item_id for item_id in undecided if item_id in complete]
+    report = StageReport(SELECT, wanted=len(by_question), already_done=len(by_question) - len(undecided))
+    report.extra["questions_incomplete"] = len(undecided) - len(pending)
+    if len(pending) < len(undecided):
+        log.warning("select: %d question(s) still wait for captions, trajectories or scores; they are "
+                    "decided by a later select", len(undecided) - len(pending))
+    texts = _trajectory_texts(run.store, set(pending))
+    for batch in chunks(pending, run.config.batch_size):
+        sample_rows, decision_rows = [], []
+        for item_id in batch:
+            chosen = select_for_question(by_question[item_id], settings)
+            sample_rows += [_sample_record(rows_by_id[item_id], choice, texts[choice.key]) for choice in chosen]
+            decision_rows.append(_decision_record(item_id, by_question[item_id], chosen, settings))
+        selected.write(as_arrow(sample_rows, SELECTED), skip_existing=True)  # replays a crash between writes
+        decisions.write(as_arrow(decision_rows, DECISIONS))
+        report.written += len(sample_rows)
+    report.extra["questions_decided"] = len(pending)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _complete_questions(run: RolloutRun, by_question: dict[str, list[ScoredTrajectory]]) -> set[str]:
+    """Questions whose K captions are stored or rejected, and each stored one's N trajectories scored
+    or rejected. Selecting a question earlier would decide it, for good, on part of its trajectories."""
+    stored: dict[str, set[int]] = defaultdict(set)
+    for item_id, k in run.store.table(CAPTIONS).existing_keys():
+        stored[item_id].add(k)
+    rejected: dict[str, set[int]] = defaultdict(set)
+    for item_id, k in run.store.rejected_keys(CAPTION, ("id", "k")):
+        rejected[item_id].add(k)
+    settled = run.store.rejected_keys(REASON, TRAJECTORY_KEYS) | {t.key for group in by_question.values()
+                                                                   for t in group}
+    all_captions, all_samples = set(range(run.config.captioner.K)), range(run.config.N)
+    return {item_id for item_id in by_question
+            if all_captions <= stored[item_id] | rejected[item_id]
+            and all((item_id, k, n) in settled for k in stored[item_id] for n in all_samples)}
+
+
+def _trajectory_texts(store: Store, ids: set[str]) -> dict[tuple[str, int, int], str]:
+    if not ids:
+        return {}
+    rows = read_rows(store, TRAJECTORIES, ["id", "k", "n", "text"])
+    return {(row["id"], row["k"], row["n"]): row["text"] for row in rows if row["id"] in ids}
+
+
+def _sample_record(row: InputRow, choice: ScoredTrajectory, text: str) -> dict[str, Any]:
+    """A sample record for the packer: the original image and question with the selected trajectory."""
+    return {"id": row.id, "k": choice.k, "n": choice.n,
+            "image": row.image if isinstance(row.image, bytes) else None,
+            "image_path": None if row.image is None or isinstance(row.image, bytes) else str(row.image),
+            "question": row.question, "answer": row.answer, "source": row.source,
+            "response": as_thinking_response(text), "weight": 1.0,
+            "caption_reward": choice.caption_reward, "num_tokens": choice.num_tokens}
+
+
+def _decision_record(item_id: str, trajectories: list[ScoredTrajectory], chosen: list[ScoredTrajectory],
+                     settings: SelectionSettings) -> dict[str, Any]:
+    from rollout.rewards import is_eligible
+
+    return {"id": item_id, "trajectories": len(trajectories),
+            "correct": sum(t.correct for t in trajectories),
+            "eligible": sum(is_eligible(t, settings) for t in trajectories), "selected": len(chosen),
+            "alpha": settings.alpha, "keep_k": settings.keep_k, "ablation": settings.ablation,
+            "seed": settings.seed}
+
