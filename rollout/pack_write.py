@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rollout.store import fsync_path
 from sophia_common.cli import UserError
 from sophia_common.contract import (
     MANIFEST_NAME,
@@ -63,7 +64,7 @@ def write_dataset(out: Path, manifest: Manifest, plan: PackPlan, samples: Sequen
         manifest.shards = write_shards(tmp, plan, samples, manifest.packs_per_shard)
         _write_jsonl(tmp / REJECTS_NAME, excluded)
         write_manifest(tmp, manifest)
-        _fsync(tmp)
+        fsync_path(tmp)
         _publish(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -85,7 +86,7 @@ def write_shards(directory: Path, plan: PackPlan, samples: Sequence[Sample],
                 rows = [pack_row(p, [samples[i] for i in plan.pack(p)])
                         for p in range(start, min(start + ROW_GROUP_PACKS, last))]
                 writer.write_table(_table(rows, schema))
-        _fsync(directory / name)
+        fsync_path(directory / name)
         names.append(name)
     return names
 
@@ -134,14 +135,6 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, out: Path, force: bool) -> None:
     """Rename ``tmp`` to ``out``; an existing ``out`` (checked replaceable again) is moved aside first."""
     check_replaceable(out, force)
@@ -155,6 +148,6 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
         if old is not None:
             old.rename(out)
         raise UserError(f"cannot move the new dataset into place at {out}: {exc}") from exc
-    _fsync(out.parent)
+    fsync_path(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

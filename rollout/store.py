@@ -93,8 +93,9 @@ def _quote(keys: Iterable[Any]) -> str:
     return shown + (f" … ({len(keys)} in all)" if len(keys) > _SHOWN else "")
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a rename is durable once its directory is synced)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -291,7 +292,7 @@ class Table:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_directory(self.directory)
+        fsync_path(self.directory)
         self._seq += 1
         if self._schema is None:
             self._schema = table.schema
@@ -409,11 +410,11 @@ def merge(sources: Sequence[str | Path], dest: str | Path, *, expected_ids: Iter
         _write_meta(dest / name, name, tables[0][1].key_columns)
         copied = [_link_shard(path, dest / name / path.name) for _, table in tables
                   for path in table.shard_paths()]
-        _fsync_directory(dest / name)
+        fsync_path(dest / name)
         rows[name] = sum(len(table) for _, table in tables)
         shards[name] = len(copied)
     if names:
-        _fsync_directory(dest)
+        fsync_path(dest)
     return MergeReport(rows=rows, shards=shards, reject_counts=Store(dest, writer="merge").reject_counts())
 
 
