@@ -1,7 +1,7 @@
 """``sophia-convert``: InternVL (original or transformers-native) <-> Megatron-Core checkpoints.
 
     sophia-convert hf-to-mcore --hf-dir HF --out-dir OUT --tp T --pp P [--vision-tp auto|1] [--spec local|te]
-    sophia-convert mcore-to-hf --mcore-dir OUT --out-dir HF2 [--format original|hf]
+    sophia-convert mcore-to-hf --mcore-dir OUT|SAVE_DIR --out-dir HF2 [--format original|hf]
     sophia-convert verify --hf-dir HF --mcore-dir OUT [--tol 1e-4]     (torchrun ... --tp T --pp P also works)
     sophia-convert inspect DIR
 
@@ -13,8 +13,10 @@ directory is refused unless ``--force`` is given.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from pathlib import Path
 
 from sophia_common.cli import dispatch
 
@@ -48,8 +50,19 @@ def mcore_to_hf_main(argv: list[str]) -> int:
                         help="output format (default: the format the checkpoint was converted from)")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
+    if is_training_checkpoint(args.mcore_dir):
+        # A trainer's distributed checkpoint: Megatron loads (and reshards) it, then the same export.
+        export = importlib.import_module("sophia_megatron.export_dist").export_training_checkpoint
+        print(json.dumps(export(args.mcore_dir, args.out_dir, fmt=args.format, force=args.force)))
+        return 0
     print(json.dumps(mcore_to_hf(args.mcore_dir, args.out_dir, fmt=args.format, force=args.force)))
     return 0
+
+
+def is_training_checkpoint(directory: str) -> bool:
+    """A trainer ``checkpoint.save_dir`` (its metadata points at the converted checkpoint it started from)."""
+    meta = Path(directory) / "sophia_meta.json"
+    return meta.is_file() and "mcore_dir" in json.loads(meta.read_text())
 
 
 def inspect_main(argv: list[str]) -> int:

@@ -7,6 +7,8 @@ All runs use the tiny InternVL (InternViT-300M-like tower, Qwen2 backbone) conve
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 import yaml
 
 from conversion.hf_formats import iter_checkpoint_tensors
-from tests.multirank import REPO, torchrun_script
+from tests.multirank import REPO, subprocess_env, torchrun_script
 
 CLI = REPO / "sophia_megatron" / "cli.py"
 EQUIVALENCE = Path(__file__).parent / "workers" / "packed_equivalence.py"
@@ -57,7 +59,8 @@ def test_loss_decreases_tp1(reference):
 @pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
 def test_layouts_train_and_match_tp1(tiny_training, reference, tmp_path, tp, pp):
     export = tmp_path / "exported"
-    got = train(tmp_path, tiny_training, 2, "--export-hf", str(export), parallel={"tp": tp, "pp": pp})
+    got = train(tmp_path, tiny_training, 2, "--export-hf", str(export), parallel={"tp": tp, "pp": pp},
+                checkpoint={"save_dir": str(tmp_path / "ckpt")})
     assert got[-1] < got[0] - 0.5, got
     diffs = [abs(a - b) for a, b in zip(got, reference, strict=True)]
     assert max(diffs) <= 1e-4, f"max |loss - TP1 loss| = {max(diffs):.2e}"
@@ -68,6 +71,13 @@ def test_layouts_train_and_match_tp1(tiny_training, reference, tmp_path, tp, pp)
     assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
     trained = [n for n in before if n.startswith("language_model.")]
     assert sum(not torch.equal(before[n], after[n]) for n in trained) == len(trained)
+    # The trainer's distributed checkpoint exports to the same HF weights (loaded at TP=1, resharded).
+    proc = subprocess.run([sys.executable, "-m", "conversion.cli", "mcore-to-hf", "--mcore-dir",
+                           str(tmp_path / "ckpt"), "--out-dir", str(tmp_path / "from_dist")], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from_dist = dict(iter_checkpoint_tensors(tmp_path / "from_dist"))
+    assert set(from_dist) == set(after) and all(torch.equal(from_dist[n], after[n]) for n in after)
 
 
 @pytest.mark.slow
