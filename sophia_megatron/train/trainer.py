@@ -58,6 +58,9 @@ class Trainer:
         from sophia_megatron.parallel import init_parallel
 
         self.recipe = recipe
+        self.stop_requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):  # first: SLURM may warn while the model builds
+            signal.signal(sig, self._request_stop)
         par, tr = recipe.parallel, recipe.train
         self.pstate = init_parallel(par.tp, par.pp, seed=tr.seed)
         self.device = torch.device(self.pstate.device)
@@ -65,14 +68,11 @@ class Trainer:
         self._build_data()
         self.step = 0
         self.nonfinite_in_row = 0
-        self.stop_requested = False
         self._maybe_resume()
         self.sinks = MetricSinks(tensorboard_dir=recipe.logging.tensorboard_dir,
                                  wandb_project=recipe.logging.wandb_project,
                                  metrics_file=recipe.logging.metrics_file,
                                  config={"recipe": repr(recipe)}) if self._is_logger() else None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._request_stop)
 
     # ---- construction -------------------------------------------------------------------
     def _build_model(self) -> None:
@@ -261,19 +261,26 @@ class Trainer:
             if ck.save_interval and self.step % ck.save_interval == 0 and self.step < self.recipe.train.steps:
                 self.save()
             if self._stop_everywhere():
+                # Preempted: checkpoint and leave; the requeued run resumes and exports at the real end.
                 log.warning("stop requested (SIGTERM/SIGUSR1): checkpointing at step %d and exiting", self.step)
-                break
+                self.save()
+                self._close_sinks()
+                return history
             exit_interval = self.recipe.train.exit_interval
             if exit_interval and self.step % exit_interval == 0 and self.step < self.recipe.train.steps:
                 log.info("exit interval reached at step %d: checkpointing and exiting", self.step)
                 self.save()
+                self._close_sinks()
                 return history
         self.save()
         if ck.export_hf:
             self.export(ck.export_hf)
+        self._close_sinks()
+        return history
+
+    def _close_sinks(self) -> None:
         if self.sinks:
             self.sinks.close()
-        return history
 
     def export(self, out_dir: str) -> None:
         import shutil
