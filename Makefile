@@ -34,6 +34,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	shellcheck -x launchers/*.sh .ci/slurm/*.sh
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache
