@@ -64,6 +64,8 @@ class MetricSinks:
                  config: dict[str, Any]) -> None:
         self.tb = self.wandb = None
         self.metrics_file = Path(metrics_file) if metrics_file else None
+        if self.metrics_file:
+            self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 

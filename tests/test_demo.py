@@ -1,0 +1,120 @@
+"""``make demo`` end to end (``--fast``): every stage runs for real, the summary reports the run's own
+numbers, and a rerun reuses every stage.
+
+Fast checks (no subprocess) cover the pieces the demo adds: the synthetic task, the reasoner's prompt
+rendering (the same text ``sophia-rollout reason`` sends), the caption check and the workdir guard.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sophia_common.demo import FAST, FULL, Demo, DemoError, override
+from sophia_common.demo.task import QUESTIONS, describe, states_answer, trajectory, write_task
+from tests.multirank import REPO, subprocess_env
+
+STAGES = ["fixtures", "task", "warmup_captioner", "warmup_reasoner", "convert_policy", "rollout", "pack",
+          "train", "verify", "evaluate"]
+
+
+def test_task_files_are_deterministic_and_consistent(tmp_path):
+    sizes = dict(images=6, warmup_images=4, reasoner_samples=10, mix_samples=2, eval_images=2, seed=3)
+    first = write_task(tmp_path / "a", caption_prompt="Describe.", **sizes)
+    write_task(tmp_path / "b", caption_prompt="Describe.", **sizes)
+    for name in first["files"]:
+        first_bytes = (tmp_path / "a" / f"{name}.jsonl").read_bytes()
+        assert first_bytes == (tmp_path / "b" / f"{name}.jsonl").read_bytes()
+    assert first["rows"]["eval_inputs"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "a" / "rollout_inputs.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {row["question"] for row in rows} == set(QUESTIONS.values())
+    assert all((tmp_path / "a" / row["image"]).is_file() for row in rows)
+    for line in (tmp_path / "a" / "reasoner_sft.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        boxed = row["response"].rsplit("\\boxed{", 1)[1].rstrip("}")
+        assert states_answer(row["caption"], boxed)  # the target answers what the description says
+
+
+def test_caption_check():
+    assert states_answer(describe("red", 2), "red") and states_answer(describe("red", 2), "2")
+    assert not states_answer(describe("red", 2), "blue") and not states_answer(describe("red", 2), "3")
+    assert not states_answer("The image shows two three red circles.", "2")  # contradicting itself
+    assert trajectory("count", "red", 1).endswith("\\boxed{1}")
+
+
+def test_reasoner_prompt_matches_the_rollout():
+    from rollout.prompts import Prompts, PromptsConfig
+    from sophia_common.demo.__main__ import prompt_file
+    from sophia_common.demo.warmup import simulated_seeing
+
+    prompts = Prompts.load(PromptsConfig(), REPO / "configs")
+    template = prompt_file("simulated_seeing").read_text().strip()
+    cases = (("<image>\nHow many?", describe("blue", 3)), ("What colour? {caption}", " x {question}"))
+    for question, caption in cases:
+        (message,) = prompts.reasoning_messages(question, caption)
+        assert simulated_seeing(template, question, caption) == message["content"]
+
+
+def test_workdir_refuses_other_settings(tmp_path):
+    Demo(tmp_path, FAST, echo=lambda _: None).check_settings()
+    Demo(tmp_path, FAST, echo=lambda _: None).check_settings()
+    with pytest.raises(DemoError, match="made with the --fast settings, this run asks for the full"):
+        Demo(tmp_path, FULL, echo=lambda _: None).check_settings()
+    assert override("a.b", tmp_path / "x y") == f'a.b="{tmp_path}/x y"'
+
+
+def test_failing_stage_names_itself_and_shows_the_log(tmp_path):
+    demo = Demo(tmp_path, FAST, echo=lambda _: None)
+    with pytest.raises(DemoError) as error:
+        demo.stage("broken", lambda: {"out": demo.run("step", [sys.executable, "-c",
+                                                               "print('boom'); raise SystemExit(3)"])})
+    assert "stage 'broken' failed" in str(error.value) and "boom" in str(error.value)
+    assert not (tmp_path / "done" / "broken.json").exists()
+    with pytest.raises(DemoError, match="stage 'parse' failed: KeyError"):
+        demo.stage("parse", lambda: {}["missing"])
+
+
+def run_demo(workdir) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "sophia_common.demo", "--workdir", str(workdir), "--fast"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["table"] in proc.stdout
+    return summary
+
+
+@pytest.mark.slow
+def test_demo_fast_end_to_end_then_reused(tmp_path):
+    workdir = tmp_path / "demo"
+    summary = run_demo(workdir)
+    n, settings = summary["numbers"], summary["settings"]
+    assert list(summary["stages"]) == STAGES and not any(s["reused"] for s in summary["stages"].values())
+    assert n["images"] == n["questions"] == FAST.images
+    assert n["captions"] == n["images"] * settings["K"]
+    assert n["trajectories"] == n["scores"] == n["captions"] * settings["N"]
+    assert 0 <= n["correct"] <= n["trajectories"] and n["questions_decided"] == n["questions"]
+    assert 0 <= n["selected"] <= n["questions"]  # Keep-1: at most one per question
+    assert sum(n["pack_sources"].values()) == n["packed_samples"]
+    assert n["pack_sources"]["selected.jsonl"] == n["selected"]
+    assert 0 < n["packing_efficiency"] <= 1
+    assert len(n["loss"]) == settings["sophia_steps"] and all(v == v and v > 0 for v in n["loss"])
+    assert n["loss_first"] == n["loss"][0] and n["loss_last"] == n["loss"][-1]
+    assert n["verify_max_abs_diff"] <= 1e-4
+    lm, frozen = n["tensors"]["language_model"], n["tensors"]["frozen_vision_and_projector"]
+    assert lm["changed"] == lm["tensors"] > 0 and frozen["changed"] == 0 < frozen["tensors"]
+    for name in ("loss_png", "lengths_png"):
+        assert (workdir / summary["files"][name].rsplit("/", 1)[-1]).read_bytes()[:4] == b"\x89PNG"
+    metrics = [json.loads(line) for line in (workdir / "sophia" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss"] for m in metrics] == n["loss"]  # the summary's losses are the trainer's own
+    for when in ("before", "after"):  # the policy answered every held-out question; the verifier scored them
+        evaluation = n["policy_eval"][when]
+        assert evaluation["questions"] == FAST.eval_images and 0 <= evaluation["correct"] <= FAST.eval_images
+        answers = (workdir / "evaluate" / f"answers_{when}.jsonl").read_text().splitlines()
+        assert len(answers) == FAST.eval_images and all("response" in json.loads(a) for a in answers)
+
+    again = run_demo(workdir)
+    assert all(stage["reused"] for stage in again["stages"].values())
+    assert again["numbers"] == n and again["wall_seconds"] < 30
