@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from conversion.arch import InternVLArch, arch_from_hf_config
-from conversion.hf_formats import detect_format, normalize_hf_name, original_config_to_hf, original_to_hf
+from conversion.hf_formats import (
+    detect_format,
+    image_context_id,
+    normalize_hf_name,
+    original_config_to_hf,
+    original_to_hf,
+)
 from sophia_common.cli import UserError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -68,24 +74,6 @@ def shard_map(directory: Path) -> dict[str, str]:
     if single.is_file():
         return dict.fromkeys(read_safetensors_header(single), "model.safetensors")
     raise UserError(f"{directory}: no model.safetensors or model.safetensors.index.json")
-
-
-def image_context_id(directory: Path, token: str = "<IMG_CONTEXT>") -> int:
-    """The id of ``<IMG_CONTEXT>`` from the tokenizer files (original configs do not record it)."""
-    added = directory / "added_tokens.json"
-    if added.is_file() and token in read_json(added):
-        return int(read_json(added)[token])
-    config = directory / "tokenizer_config.json"
-    if config.is_file():
-        for token_id, entry in (read_json(config).get("added_tokens_decoder") or {}).items():
-            if entry.get("content") == token:
-                return int(token_id)
-    fast = directory / "tokenizer.json"
-    if fast.is_file():
-        for entry in read_json(fast).get("added_tokens") or []:
-            if entry.get("content") == token:
-                return int(entry["id"])
-    raise UserError(f"{directory}: no tokenizer file defines {token} (needed for an original-format checkpoint)")
 
 
 class HFCheckpoint:

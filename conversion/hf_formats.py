@@ -457,22 +457,39 @@ def read_config(directory: str | Path) -> dict:
     return json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
 
 
+def image_context_id(directory: str | Path, token: str = "<IMG_CONTEXT>") -> int:
+    """The id of ``<IMG_CONTEXT>`` from a checkpoint's tokenizer files (original configs do not record it).
+
+    Reads ``added_tokens.json``, ``tokenizer_config.json`` (``added_tokens_decoder``) or ``tokenizer.json``
+    (``added_tokens``) as JSON; no tokenizer code runs.
+    """
+    directory = Path(directory)
+
+    def load(name: str) -> dict:
+        path = directory / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    if token in load("added_tokens.json"):
+        return int(load("added_tokens.json")[token])
+    for token_id, entry in (load("tokenizer_config.json").get("added_tokens_decoder") or {}).items():
+        if entry.get("content") == token:
+            return int(token_id)
+    for entry in load("tokenizer.json").get("added_tokens") or []:
+        if entry.get("content") == token:
+            return int(entry["id"])
+    raise ValueError(f"{directory}: no tokenizer file defines {token} (needed for an original-format checkpoint)")
+
+
 def read_hf_config(directory: str | Path) -> dict:
     """The transformers-native config of a checkpoint dir of either format.
 
     For an original dir, ``image_token_id`` is the ``<IMG_CONTEXT>`` id of the dir's own tokenizer
-    (the original config.json does not record it), or the real tokenizers' id when there is none.
+    (the original config.json does not record it).
     """
     config = read_config(directory)
     if detect_format(config) == "hf":
         return config
-    from sophia_common.tokenizer import load_tokenizer
-
-    try:
-        image_token_id = load_tokenizer(directory).token_to_id("<IMG_CONTEXT>")
-    except FileNotFoundError:
-        image_token_id = None
-    return original_config_to_hf(config, image_token_id)
+    return original_config_to_hf(config, image_context_id(directory))
 
 
 def iter_checkpoint_tensors(directory: str | Path) -> Iterator:
