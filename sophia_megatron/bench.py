@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -69,7 +70,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from sophia_megatron.model.internvl import InternVLModel, language_config
     from sophia_megatron.parallel import init_parallel
     from sophia_megatron.train.metrics import device_peak_tflops, lm_flops, vision_flops
-    from sophia_megatron.train.trainer import Trainer
+    from sophia_megatron.train.trainer import packed_forward_step
 
     ps = init_parallel(args.tp, 1, seed=0)
     gpu = torch.cuda.is_available()
@@ -88,10 +89,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     pack = synthetic_pack(arch, args.seq, args.samples, args.tiles, seed=ps.dp_rank)
     mb = build_micro_batch(pack, pad_to=16, load_pixels=False)
     mb.pixel_values = torch.randn(args.tiles, 3, 448, 448, dtype=dtype) if args.tiles else None
-    shim = Trainer.__new__(Trainer)  # reuse the trainer's forward step without its data/ckpt set-up
-    shim.recipe = argparse.Namespace(model=argparse.Namespace(spec="te" if gpu else "local"),
-                                     train=argparse.Namespace(loss_normalization="token"))
-    shim.device = torch.device(ps.device)
+    forward_step = functools.partial(packed_forward_step, spec="te" if gpu else "local",
+                                     device=torch.device(ps.device), normalization="token")
     flops = lm_flops(arch, torch.diff(mb.cu_seqlens).tolist(), mb.tokens.shape[1],
                      model.language_model.vocab_size) + vision_flops(arch, args.tiles)
     times = []
@@ -100,7 +99,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.synchronize()
         start = time.perf_counter()
         optimizer.zero_grad()
-        engine.forward_backward(shim._forward_step, iter([mb]), [ddp], num_microbatches=1,
+        engine.forward_backward(forward_step, iter([mb]), [ddp], num_microbatches=1,
                                 seq_length=mb.tokens.shape[1], micro_batch_size=1)
         engine.optimizer_step(optimizer)
         if gpu:

@@ -53,6 +53,23 @@ def packed_seq_params(cu_seqlens: torch.Tensor) -> Any:
                            max_seqlen_q=longest, max_seqlen_kv=longest)
 
 
+def packed_forward_step(data_iterator: Any, model: Any, *, spec: str, device: Any, normalization: str) -> Any:
+    """Megatron forward-step function for one packed micro-batch (the trainer's and the benchmark's).
+
+    Attention stays inside samples: THD ``PackedSeqParams`` with the TE spec, a block-diagonal
+    causal mask with the local spec.
+    """
+    mb: MicroBatch = next(data_iterator)
+    te = spec == "te"
+    output = model(mb.tokens.to(device), mb.position_ids.to(device),
+                   None if te else block_causal_mask(mb.cu_seqlens, mb.tokens.shape[1]).to(device),
+                   labels=mb.labels.to(device),
+                   pixel_values=None if mb.pixel_values is None else mb.pixel_values.to(device),
+                   packed_seq_params=packed_seq_params(mb.cu_seqlens) if te else None)
+    return output, functools.partial(weighted_loss, loss_weight=mb.loss_weight, cu_seqlens=mb.cu_seqlens,
+                                     loss_tokens=mb.loss_tokens, normalization=normalization)
+
+
 class Trainer:
     def __init__(self, recipe: TrainRecipe) -> None:
         from sophia_megatron.parallel import init_parallel
@@ -157,17 +174,8 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------
     def _forward_step(self, data_iterator: Any, model: Any) -> Any:
-        mb: MicroBatch = next(data_iterator)
-        length = mb.tokens.shape[1]
-        te = self.recipe.model.spec == "te"
-        output = model(mb.tokens.to(self.device), mb.position_ids.to(self.device),
-                       None if te else block_causal_mask(mb.cu_seqlens, length).to(self.device),
-                       labels=mb.labels.to(self.device),
-                       pixel_values=None if mb.pixel_values is None else mb.pixel_values.to(self.device),
-                       packed_seq_params=packed_seq_params(mb.cu_seqlens) if te else None)
-        return output, functools.partial(weighted_loss, loss_weight=mb.loss_weight, cu_seqlens=mb.cu_seqlens,
-                                         loss_tokens=mb.loss_tokens,
-                                         normalization=self.recipe.train.loss_normalization)
+        return packed_forward_step(data_iterator, model, spec=self.recipe.model.spec, device=self.device,
+                                   normalization=self.recipe.train.loss_normalization)
 
     def _micro_batches(self, step: int) -> list[MicroBatch]:
         batches = self.stream.micro_batches(step)
