@@ -30,7 +30,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m sophia_common.demo $(DEMO_ARGS)
+	$(PY) -m sophia_tools.demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

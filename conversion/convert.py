@@ -5,7 +5,13 @@ shapes via meta tensors), opens one streaming writer per (TP, PP) rank, then wal
 mapping table once: each source tensor is read, transformed, cut into its TP pieces,
 written to the rank files that hold it, and freed. Peak memory is a few times the largest
 tensor, whatever the model size. Output goes to ``OUT.tmp-<pid>`` and is renamed at the end,
-so an interrupted run never leaves a directory that looks complete.
+so an interrupted run never leaves a directory that looks complete (and the next run removes
+the temporaries of killed ones, see ``conversion.output``).
+
+Fused tensors (q/k/v, gate/up) of mixed dtypes become one tensor of the promoted dtype (exact:
+bf16 and fp16 are subsets of fp32); the metadata's ``hf_dtypes`` records each source tensor
+whose dtype differs from its fused result, and the export casts it back, so every tensor
+returns with its own dtype, bit for bit.
 
 Layout written (what ``sophia_megatron`` loads)::
 
@@ -18,7 +24,6 @@ Layout written (what ``sophia_megatron`` loads)::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +40,7 @@ from conversion.megatron_layout import (
     stored_once,
     tp_mapping,
 )
+from conversion.output import check_output_path, write_output_dir
 from conversion.torch_stream import StreamingTorchWriter, TensorSpec
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger, progress
@@ -153,37 +159,29 @@ def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_d
     return written
 
 
-def prepare_output(out_dir: Path, force: bool) -> Path:
-    if out_dir.exists() and not force:
-        raise UserError(f"{out_dir}: output directory already exists (use --force to replace it)")
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def publish(tmp: Path, out_dir: Path) -> None:
-    """Atomically put the finished ``tmp`` at ``out_dir`` (replacing an old one under --force)."""
-    if out_dir.exists():
-        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+def fused_dtype_overrides(ckpt: HFCheckpoint, rows: list[Row]) -> dict[str, str]:
+    """transformers-native name -> dtype, for source tensors fused with partners of another dtype."""
+    overrides = {}
+    for row in rows:
+        dtypes = {ckpt.dtype(h) for h in row.hf}
+        if len(dtypes) > 1:
+            overrides.update({h: ckpt.dtype(h) for h in row.hf})
+    return overrides
 
 
 def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int, pp: int, spec: str = "local",
                 force: bool = False) -> dict[str, Any]:
+    check_output_path(Path(out_dir), force)
     ckpt = HFCheckpoint(hf_dir)
     layout = Layout(tp, pp, spec)
     check_layout(ckpt.arch, layout)
     padded = padded_vocab_size(ckpt.arch.language.vocab_size, tp)
     rows = expand(table(ckpt.arch, padded_vocab=padded, spec=spec), ckpt.arch)
     check_shapes(ckpt, rows)
-    out_dir = Path(out_dir)
-    tmp = prepare_output(out_dir, force)
-    try:
+    written = 0
+
+    def build(tmp: Path) -> None:
+        nonlocal written
         written = write_rank_files(ckpt, rows, layout, tmp / "iter_0000000")
         (tmp / TRACKER).write_text("0")
         (tmp / HF_FILES).mkdir()
@@ -196,11 +194,10 @@ def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int, pp: int, sp
                 "padded_vocab_size": padded, "vision_tp": 1, "iteration": 0,
                 "source_format": ckpt.format, "source_config": ckpt.config,
                 "source_weight_map": ckpt.weight_map,
-                "dtypes": sorted({ckpt.dtype(n) for n in ckpt.names()})}
+                "dtypes": sorted({ckpt.dtype(n) for n in ckpt.names()}),
+                "hf_dtypes": fused_dtype_overrides(ckpt, rows)}
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_output_dir(out_dir, force, build)
     log.info("wrote %s (TP=%d PP=%d, %.1f MB)", out_dir, tp, pp, written / 1e6)
     return {"bytes": written, "ranks": tp * pp}

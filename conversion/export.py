@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from conversion.arch import InternVLArch
-from conversion.convert import HF_FILES, META_NAME, TRACKER, Layout, placements, prepare_output, publish
+from conversion.convert import HF_FILES, META_NAME, TRACKER, Layout, placements
 from conversion.hf_checkpoint import read_json
 from conversion.hf_formats import hf_config_to_original, hf_to_original, original_config_to_hf
 from conversion.internvl_mapping import Row, expand, table
 from conversion.megatron_layout import stored_once, tp_mapping
+from conversion.output import check_output_path, write_output_dir
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger, progress
 
@@ -33,7 +34,13 @@ class MegatronCheckpoint:
     """A converted (or trained-and-exported) Megatron checkpoint, read lazily."""
 
     def __init__(self, directory: str | Path) -> None:
+        from conversion.describe import wrong_input_hint
+
         self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise UserError(f"{self.directory}: not a directory")
+        if hint := wrong_input_hint(self.directory, "megatron"):
+            raise UserError(hint)
         self.meta = read_json(self.directory / META_NAME)
         self.arch = InternVLArch.from_dict(self.meta["arch"])
         self.layout = Layout(self.meta["tp"], self.meta["pp"], self.meta.get("spec", "local"))
@@ -74,8 +81,12 @@ class MegatronCheckpoint:
 
     def hf_tensors(self, row: Row) -> list[tuple[str, Any]]:
         """The transformers-native tensors of one table row."""
+        import torch
+
         full = self.full_tensor(row.megatron)
-        return list(zip(row.hf, row.transform.to_hf(full, len(row.hf))))
+        dtypes = self.meta.get("hf_dtypes") or {}  # sources fused with partners of another dtype
+        return [(name, tensor.to(getattr(torch, dtypes[name])) if name in dtypes else tensor)
+                for name, tensor in zip(row.hf, row.transform.to_hf(full, len(row.hf)), strict=True)]
 
 
 def _outputs(ckpt: MegatronCheckpoint, row: Row, fmt: str, config: dict) -> list[tuple[str, Any]]:
@@ -140,16 +151,17 @@ def mcore_to_hf(mcore_dir: str | Path, out_dir: str | Path, *, fmt: str | None =
                 force: bool = False) -> dict[str, Any]:
     from safetensors.torch import save_file
 
+    check_output_path(Path(out_dir), force)
     ckpt = MegatronCheckpoint(mcore_dir)
     fmt = fmt or ckpt.meta["source_format"]
     if fmt not in ("hf", "original"):
         raise UserError(f"unknown output format {fmt!r} (choose 'hf' or 'original')")
     config = ckpt.meta["source_config"]
     weight_map, row_of = _plan_shards(ckpt, fmt, config)
-    out_dir = Path(out_dir)
-    tmp = prepare_output(out_dir, force)
     written = 0
-    try:
+
+    def build(tmp: Path) -> None:
+        nonlocal written
         for shard in progress(list(dict.fromkeys(weight_map.values())), desc="mcore-to-hf", unit="shard"):
             names = [n for n, f in weight_map.items() if f == shard]
             tensors = dict(_shard_tensors(ckpt, names, row_of, fmt, config))
@@ -157,9 +169,7 @@ def mcore_to_hf(mcore_dir: str | Path, out_dir: str | Path, *, fmt: str | None =
             written += sum(t.numel() * t.element_size() for t in tensors.values())
             del tensors
         _write_configs(ckpt, tmp, fmt, weight_map)
-        publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_output_dir(out_dir, force, build)
     log.info("wrote %s (%s format, %.1f MB)", out_dir, fmt, written / 1e6)
     return {"bytes": written, "format": fmt}

@@ -30,6 +30,14 @@ _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float
            "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
+def tied_embedding_keys(config: dict[str, Any]) -> str | None:
+    """The config key that ties input and output embeddings (top level or the language model's), if any."""
+    for section in ("text_config", "llm_config"):
+        if isinstance(config.get(section), dict) and config[section].get("tie_word_embeddings"):
+            return f"{section}.tie_word_embeddings"
+    return "tie_word_embeddings" if config.get("tie_word_embeddings") else None
+
+
 def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
@@ -83,6 +91,10 @@ class HFCheckpoint:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise UserError(f"{self.directory}: not a directory")
+        from conversion.describe import wrong_input_hint
+
+        if hint := wrong_input_hint(self.directory, "huggingface"):
+            raise UserError(hint)
         self.config = read_json(self.directory / "config.json")
         try:
             self.format = detect_format(self.config)
@@ -91,6 +103,11 @@ class HFCheckpoint:
             self.arch: InternVLArch = arch_from_hf_config(self.hf_config)
         except (KeyError, ValueError) as exc:
             raise UserError(f"{self.directory / 'config.json'}: unknown or unsupported architecture ({exc})") from exc
+        if tied := tied_embedding_keys(self.config):
+            raise UserError(
+                f"{self.directory / 'config.json'}: {tied} is true: the input embedding and the output layer "
+                "share one matrix, which the Megatron model trains as two (they would diverge, and transformers "
+                "re-ties them on load). Only checkpoints with tie_word_embeddings: false are supported")
         self.weight_map = shard_map(self.directory)
         self._headers = {shard: read_safetensors_header(self.directory / shard)
                          for shard in dict.fromkeys(self.weight_map.values())}

@@ -45,7 +45,7 @@ sophia_setup() {
     || sophia_die "SOPHIA_ROOT=$SOPHIA_ROOT is not the repository (submit from its root or set SOPHIA_ROOT)"
   cd "$SOPHIA_ROOT" || exit
   PYTHON=${PYTHON:-python}
-  # The project runs from the checkout without an install (`python -m sophia_megatron.cli`).
+  # The project runs from the checkout without an install (`python -m sophia_tools.train_cli`).
   export PYTHONPATH="$SOPHIA_ROOT${PYTHONPATH:+:$PYTHONPATH}"
   # Word-split OVERRIDES once into an array; every command gets the same list.
   read -r -a SOPHIA_OVERRIDES <<<"${OVERRIDES:-}"
@@ -161,7 +161,7 @@ sophia_train() {
   before=$(sophia_tracker_step "$save_dir")
   sophia_log "train.steps=$steps, checkpoint.save_dir=${save_dir:-none} (at step $before)"
   sophia_dist_env
-  sophia_srun -- "$PYTHON" -m sophia_megatron.cli --config "$CONFIG" "${SOPHIA_OVERRIDES[@]}" || rc=$?
+  sophia_srun -- "$PYTHON" -m sophia_tools.train_cli --config "$CONFIG" "${SOPHIA_OVERRIDES[@]}" || rc=$?
   if ((rc != 0)); then
     sophia_log "training failed (exit $rc)"
     exit "$rc"
@@ -254,7 +254,7 @@ sophia_rollout_task() {
   for stage in "${stages[@]}"; do
     # srun in the background + wait: bash runs a trap only between commands, and `wait` is the one
     # command a signal interrupts, so the requeue happens at once instead of after the stage.
-    sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m rollout.cli "$stage" --config "$CONFIG" \
+    sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m sophia_tools.rollout_cli "$stage" --config "$CONFIG" \
       "${SOPHIA_OVERRIDES[@]}" "rollout.store_dir=$task_store" --shard "$shard" &
     wait $! || sophia_die "stage $stage failed on shard $shard (exit $?)"
   done

@@ -30,5 +30,5 @@ source "$SOPHIA_ROOT/launchers/common.sh"
 (($#)) || sophia_die "usage: sbatch launchers/convert.sh {hf-to-mcore|mcore-to-hf|verify|inspect} ARGS..."
 sophia_setup
 sophia_log "sophia-convert $*"
-sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m conversion.cli "$@"
+sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m sophia_tools.convert_cli "$@"
 sophia_log "SOPHIA-LAUNCHER-OK $(sophia_job_label)"

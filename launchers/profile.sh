@@ -34,5 +34,5 @@ sophia_setup
 sophia_log "sophia-profile $*"
 # NCCL and thread settings for the ranks the train benchmark starts; harmless for the others.
 sophia_dist_env
-sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m sophia_common.profile_cli "$@"
+sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m sophia_tools.profile_cli "$@"
 sophia_log "SOPHIA-LAUNCHER-OK $(sophia_job_label)"

@@ -56,15 +56,15 @@ for stage in "${stages[@]}"; do
       [[ $sizes != *' '* ]] \
         || sophia_die "$TASKS_DIR holds task stores of arrays of different sizes ($sizes): remove the stale ones"
       sophia_log "merging ${#sources[@]} task stores into $STORE_DIR"
-      sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m rollout.cli merge --config "$CONFIG" \
+      sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m sophia_tools.rollout_cli merge --config "$CONFIG" \
         "${SOPHIA_OVERRIDES[@]}" --sources "${sources[@]}" --dest "$STORE_DIR"
       ;;
     score | select | stats)
-      sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m rollout.cli "$stage" --config "$CONFIG" \
+      sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m sophia_tools.rollout_cli "$stage" --config "$CONFIG" \
         "${SOPHIA_OVERRIDES[@]}" "rollout.store_dir=$STORE_DIR"
       ;;
     pack)
-      sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m rollout.cli pack --config "${PACK_CONFIG:-$CONFIG}" \
+      sophia_srun --nodes=1 --ntasks=1 -- "$PYTHON" -m sophia_tools.rollout_cli pack --config "${PACK_CONFIG:-$CONFIG}" \
         "${SOPHIA_OVERRIDES[@]}" "${pack_args[@]}"
       ;;
     *) sophia_die "unknown stage '$stage' (merge, score, select, stats, pack)" ;;

@@ -54,7 +54,7 @@ from sophia_common.cli import UserError
 from sophia_common.log import get_logger
 
 if TYPE_CHECKING:
-    from rollout.pipeline import RolloutConfig
+    from rollout.config import RolloutConfig
 
 CAPTION, REASON, SCORE, SELECT = "caption", "reason", "score", "select"
 CAPTIONS, TRAJECTORIES, SCORES, SELECTED, DECISIONS = "captions", "trajectories", "scores", "selected", "decisions"

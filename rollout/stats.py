@@ -32,7 +32,7 @@ from rollout.stages import CAPTIONS, DECISIONS, SCORES, SELECTED, TRAJECTORIES, 
 from rollout.store import Store
 
 if TYPE_CHECKING:
-    from rollout.pipeline import RolloutConfig
+    from rollout.config import RolloutConfig
 
 STATS_NAME = "stats.json"
 PLOT_NAME = "lengths.png"

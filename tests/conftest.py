@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 ``tiny_root`` builds every tiny offline fixture once per session (a few seconds; see
-``sophia_common.tiny``) and returns ``build_all``'s ``{key: Path}`` dict. Set ``SOPHIA_TINY_DIR`` to
+``sophia_tools.tiny``) and returns ``build_all``'s ``{key: Path}`` dict. Set ``SOPHIA_TINY_DIR`` to
 build into (and reuse across sessions) a fixed dir instead of a fresh temporary one.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> dict[str, Path]:
-    from sophia_common.tiny import build_all
+    from sophia_tools.tiny import build_all
 
     root = os.environ.get("SOPHIA_TINY_DIR") or tmp_path_factory.mktemp("tiny")
     return build_all(root)

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from sophia_common.demo import FAST, FULL, Demo, DemoError, override
-from sophia_common.demo.task import QUESTIONS, describe, states_answer, trajectory, write_task
+from sophia_tools.demo import FAST, FULL, Demo, DemoError, override
+from sophia_tools.demo.task import QUESTIONS, describe, states_answer, trajectory, write_task
 from tests.multirank import REPO, subprocess_env
 
 STAGES = ["fixtures", "task", "warmup_captioner", "warmup_reasoner", "convert_policy", "rollout", "pack",
@@ -47,8 +47,8 @@ def test_caption_check():
 
 def test_reasoner_prompt_matches_the_rollout():
     from rollout.prompts import Prompts, PromptsConfig
-    from sophia_common.demo.__main__ import prompt_file
-    from sophia_common.demo.warmup import simulated_seeing
+    from sophia_tools.demo.__main__ import prompt_file
+    from sophia_tools.demo.warmup import simulated_seeing
 
     prompts = Prompts.load(PromptsConfig(), REPO / "configs")
     template = prompt_file("simulated_seeing").read_text().strip()
@@ -78,7 +78,7 @@ def test_failing_stage_names_itself_and_shows_the_log(tmp_path):
 
 
 def run_demo(workdir) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "sophia_common.demo", "--workdir", str(workdir), "--fast"],
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.demo", "--workdir", str(workdir), "--fast"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = json.loads((workdir / "summary.json").read_text())

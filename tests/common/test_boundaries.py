@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +14,19 @@ import pytest
 from tests.multirank import REPO, subprocess_env
 
 FORBIDDEN = {
-    "rollout": ("megatron", "transformer_engine", "sophia_megatron", "conversion"),
-    "sophia_megatron": ("vllm", "rollout"),
-    "conversion": ("vllm", "rollout"),
-    "sophia_common": ("vllm", "megatron", "transformer_engine", "sophia_megatron", "rollout"),
+    "rollout": ("megatron", "transformer_engine", "sophia_megatron", "conversion", "sophia_tools"),
+    "sophia_megatron": ("vllm", "rollout", "sophia_tools"),
+    "conversion": ("vllm", "rollout", "sophia_megatron", "sophia_tools"),
+    "sophia_common": ("vllm", "megatron", "transformer_engine", "sophia_megatron", "rollout", "conversion",
+                      "sophia_tools"),
 }
 
 
+MODULE_FUNCTION = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
 def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """Imports, ``"module:function"`` strings and ``-m module`` subprocess targets of one file."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found = []
     for node in ast.walk(tree):
@@ -28,7 +34,23 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_FUNCTION.match(node.value):
+            found.append((node.lineno, node.value.split(":")[0]))
+        elif isinstance(node, ast.List | ast.Tuple):
+            items = node.elts
+            for flag, target in zip(items, items[1:]):
+                if (isinstance(flag, ast.Constant) and flag.value == "-m" and isinstance(target, ast.Constant)
+                        and isinstance(target.value, str)):
+                    found.append((node.lineno, target.value))
     return found
+
+
+def test_scanner_sees_string_targets(tmp_path):
+    """The scanner itself: a ``"pkg.mod:func"`` string and a ``-m pkg.mod`` argument count as imports."""
+    probe = tmp_path / "probe.py"
+    probe.write_text('TABLE = {"x": ("sophia_megatron.verify:main", "help")}\n'
+                     'CMD = [sys.executable, "-m", "rollout.pipeline", "run"]\n')
+    assert {module for _, module in imported_modules(probe)} == {"sophia_megatron.verify", "rollout.pipeline"}
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -44,8 +66,8 @@ def test_package_never_imports_forbidden(package):
 def test_package_imports_are_light():
     code = (
         "import sys, json\n"
-        "import sophia_common, sophia_megatron, conversion, rollout\n"
-        "import sophia_megatron.cli, conversion.cli, rollout.cli, sophia_common.profile_cli\n"
+        "import sophia_common, sophia_megatron, conversion, rollout, sophia_tools\n"
+        "import sophia_tools.train_cli, sophia_tools.convert_cli, sophia_tools.rollout_cli, sophia_tools.profile_cli\n"
         "heavy = ('torch', 'megatron', 'vllm', 'transformer_engine', 'transformers')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
     )

@@ -42,17 +42,17 @@ def test_every_section_validates(path):
 
         load_train_recipe(str(path), [])
     if "pack" in raw:
-        from rollout.pack import PackConfig
+        from rollout.pack.build import PackConfig
 
         build(PackConfig, raw["pack"], "pack")
     if "rollout" in raw:
-        from rollout.pipeline import RolloutConfig
+        from rollout.config import RolloutConfig
 
         build(RolloutConfig, raw["rollout"], "rollout")
 
 
 def dry_run(path: Path, *overrides: str) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "sophia_megatron.cli", "--config", str(path), "--dry-run",
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.train_cli", "--config", str(path), "--dry-run",
                            *overrides], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     return proc.returncode, json.loads(proc.stdout)
 

@@ -1,4 +1,4 @@
-"""sophia_common.tiny: the offline fixtures are complete, faithful to the real layouts, and load."""
+"""sophia_tools.tiny: the offline fixtures are complete, faithful to the real layouts, and load."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conversion.hf_formats import iter_checkpoint_tensors, normalize_hf_name
-from sophia_common.tiny.internvl import TINY_SHAPES, build_internvl
 from sophia_common.tokenizer import load_tokenizer
+from sophia_tools.tiny.internvl import TINY_SHAPES, build_internvl
 
 SHAPES = tuple(TINY_SHAPES)
 EXPECTED_KEYS = {"tokenizer_bpe", "tokenizer_sentencepiece", "reasoner",
@@ -140,7 +140,7 @@ def test_reasoner(tiny_root):
 
 
 def test_cli_prints_every_path(tiny_root, capsys):
-    from sophia_common.tiny.__main__ import main
+    from sophia_tools.tiny.__main__ import main
 
     root = next(iter(tiny_root.values())).parent
     assert main(["--out", str(root)]) == 0
@@ -149,7 +149,7 @@ def test_cli_prints_every_path(tiny_root, capsys):
 
 
 def test_imports_are_light():
-    code = ("import sys, sophia_common.tiny, sophia_common.tiny.internvl, sophia_common.tiny.reasoner, "
+    code = ("import sys, sophia_tools.tiny, sophia_tools.tiny.internvl, sophia_tools.tiny.reasoner, "
             "sophia_common.tokenizer, conversion.hf_formats; "
             "heavy = {'torch', 'transformers', 'tokenizers', 'sentencepiece', 'safetensors'} "
             "& set(sys.modules); "

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from sophia_common.tiny.tokenizer import INTERNVL_SPECIAL_TOKENS
 from sophia_common.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer
+from sophia_tools.tiny.tokenizer import INTERNVL_SPECIAL_TOKENS
 
 KINDS = ("bpe", "sentencepiece")
 SAMPLE = ("<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nHow many red  circles are there?"

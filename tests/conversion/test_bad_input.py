@@ -14,7 +14,7 @@ from tests.multirank import REPO, subprocess_env
 
 
 def convert(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "conversion.cli", *args], cwd=REPO, env=subprocess_env(),
+    return subprocess.run([sys.executable, "-m", "sophia_tools.convert_cli", *args], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
 
 

@@ -10,7 +10,7 @@ from tests.multirank import REPO, subprocess_env
 
 
 def test_profile_conversion_small(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "sophia_common.profile_cli", "conversion", "--preset", "small",
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.profile_cli", "conversion", "--preset", "small",
                            "--depths", "2,4", "--tp", "8", "--pp", "2", "--workdir", str(tmp_path)], cwd=REPO,
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

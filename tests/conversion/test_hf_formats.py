@@ -20,7 +20,7 @@ from conversion.hf_formats import (
     split_qkv,
     to_prefixed_hf_name,
 )
-from sophia_common.tiny.internvl import TINY_SHAPES
+from sophia_tools.tiny.internvl import TINY_SHAPES
 
 SHAPES = tuple(TINY_SHAPES)
 

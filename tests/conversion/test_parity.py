@@ -40,7 +40,7 @@ def test_parity_tp2_pp2(tiny_root, tmp_path, shape, fmt):
 def test_verify_cli_single_process_recut(tiny_root, tmp_path):
     source = tiny_root["vit300m_internlm2_original"]
     hf_to_mcore(source, tmp_path / "mc", tp=2, pp=2)
-    proc = subprocess.run([sys.executable, "-m", "conversion.cli", "verify", "--hf-dir", str(source),
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.convert_cli", "verify", "--hf-dir", str(source),
                            "--mcore-dir", str(tmp_path / "mc")], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -49,11 +49,11 @@ def test_verify_cli_single_process_recut(tiny_root, tmp_path):
 
 def test_verify_fails_on_wrong_weights(tiny_root, tmp_path):
     # Convert one shape's weights, then compare against a *different* seed's fixture: must fail.
-    from sophia_common.tiny import build_internvl
+    from sophia_tools.tiny import build_internvl
 
     other = build_internvl(tmp_path / "other", "vit300m_qwen2", fmt="hf", seed=7)
     hf_to_mcore(tiny_root["vit300m_qwen2_hf"], tmp_path / "mc", tp=1, pp=1)
-    proc = subprocess.run([sys.executable, "-m", "conversion.cli", "verify", "--hf-dir", str(other),
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.convert_cli", "verify", "--hf-dir", str(other),
                            "--mcore-dir", str(tmp_path / "mc")], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and max_abs_diff(proc.stdout) > 1e-4

@@ -170,7 +170,7 @@ def log_of(slurm, name: str) -> str:
 @pytest.fixture(scope="module")
 def training_inputs(slurm, tiny_root, tmp_path_factory):
     """The tiny InternVL converted at TP=2 by ``convert.sh`` (a real job) and a packed dataset."""
-    from rollout.pack import pack_main
+    from rollout.pack.build import pack_main
     from tests.sophia_megatron.conftest import write_samples
 
     root = tmp_path_factory.mktemp("launch_train")

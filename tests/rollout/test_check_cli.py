@@ -1,4 +1,4 @@
-"""``sophia-rollout check``: run as a user would, ``python -m rollout.cli check --in FILE`` from the repo root."""
+"""``sophia-rollout check``: run as a user would, ``python -m sophia_tools.rollout_cli check --in FILE`` from the repo root."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "rollout.cli", "check", *args]
+    command = [sys.executable, "-m", "sophia_tools.rollout_cli", "check", *args]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 

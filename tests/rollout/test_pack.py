@@ -23,7 +23,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from rollout.pack import (
+from rollout.pack.build import (
     BAD_WEIGHT,
     EMPTY_RESPONSE,
     ZERO_WEIGHT,
@@ -32,14 +32,14 @@ from rollout.pack import (
     mix_indices,
     pack_dataset,
 )
-from rollout.pack_render import (
+from rollout.pack.planner import TOO_MANY_TILES, TOO_MANY_TOKENS
+from rollout.pack.render import (
     IMAGE_PLACEHOLDER_MISMATCH,
     SPECIAL_TOKEN_IN_TEXT,
     SystemPrompts,
     TokenizedSample,
 )
-from rollout.pack_write import REJECTS_NAME
-from rollout.packing import TOO_MANY_TILES, TOO_MANY_TOKENS
+from rollout.pack.write import REJECTS_NAME
 from sophia_common.cli import UserError
 from sophia_common.config import ConfigError, build
 from sophia_common.contract import TILE_FIELDS, read_manifest
@@ -364,7 +364,7 @@ def test_cli_end_to_end(tiny_root, data):
     recipe = write_recipe(data, tiny_root["tokenizer_sentencepiece"])
     recipe.write_text(yaml.safe_dump({"pack": {**yaml.safe_load(recipe.read_text())["pack"], "sources": []}}))
     out = data["dir"] / "cli-out"
-    command = [sys.executable, "-m", "rollout.cli", "pack", "--config", str(recipe), "pack.max_seq_len=8192",
+    command = [sys.executable, "-m", "sophia_tools.rollout_cli", "pack", "--config", str(recipe), "pack.max_seq_len=8192",
                "--in", str(data["trajectories"]), "--out", str(out)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from rollout.packing import TOO_MANY_TILES, TOO_MANY_TOKENS, lower_bound_packs, plan_packs
-from rollout.packing_bench import generate_lengths, main, read_lengths
+from rollout.pack.planner import TOO_MANY_TILES, TOO_MANY_TOKENS, lower_bound_packs, plan_packs
 from sophia_common.cli import UserError
-from sophia_common.profile_cli import main as profile_main
+from sophia_tools.bench.packing import generate_lengths, main, read_lengths
+from sophia_tools.profile_cli import main as profile_main
 
 
 def assert_valid_plan(plan, tokens, tiles, max_tokens, max_tiles, oversize="drop"):

@@ -18,7 +18,8 @@ import sys
 import pytest
 from PIL import Image
 
-from rollout.pipeline import Invocation, load_config, merge_main, run_main, run_stages, stats_main
+from rollout.config import load_config
+from rollout.pipeline import Invocation, merge_main, run_main, run_stages, stats_main
 from rollout.sharding import Shard
 from rollout.stages import CAPTIONS, DECISIONS, SCORES, SELECTED, TRAJECTORIES, read_rows
 from rollout.store import Store
@@ -218,7 +219,7 @@ def test_an_engine_error_rejects_only_its_request(workspace):
 def test_run_with_the_vllm_reasoner(workspace, tiny_root):
     pytest.importorskip("vllm")
     store = workspace / "vllm-store"
-    command = [sys.executable, "-m", "rollout.cli", "run", "--config", str(workspace / "recipe.yaml"),
+    command = [sys.executable, "-m", "sophia_tools.rollout_cli", "run", "--config", str(workspace / "recipe.yaml"),
                f"rollout.store_dir={store}", "reasoner.hard=null", "reasoner.easy.engine=vllm",
                "reasoner.easy.dtype=bfloat16", "reasoner.easy.enforce_eager=true", "reasoner.easy.max_model_len=1024",
                "reasoner.easy.max_num_seqs=16", "reasoner.easy.max_tokens=24"]

@@ -156,7 +156,8 @@ def test_settings_are_validated():
 
 
 def _hand_built_run(tmp_path, **overrides):
-    from rollout.pipeline import CaptionerConfig, RolloutConfig, open_run
+    from rollout.config import CaptionerConfig, RolloutConfig
+    from rollout.pipeline import open_run
     from rollout.sharding import Shard
     from rollout.stages import CAPTIONS, SCORES, TRAJECTORIES, as_arrow
 

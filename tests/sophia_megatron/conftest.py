@@ -50,7 +50,7 @@ def write_samples(directory: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_training(tiny_root, tmp_path_factory):
     from conversion.convert import hf_to_mcore
-    from rollout.pack import pack_main
+    from rollout.pack.build import pack_main
 
     root = tmp_path_factory.mktemp("training")
     hf_to_mcore(tiny_root["vit300m_qwen2_hf"], root / "mcore", tp=1, pp=1)

@@ -14,7 +14,7 @@ from tests.multirank import REPO, subprocess_env
 @pytest.mark.slow
 def test_profile_train_tiny(tmp_path):
     plot = tmp_path / "train.png"
-    proc = subprocess.run([sys.executable, "-m", "sophia_common.profile_cli", "train", "--preset", "tiny",
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.profile_cli", "train", "--preset", "tiny",
                            "--steps", "2", "--warmup", "1", "--plot", str(plot)], cwd=REPO,
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

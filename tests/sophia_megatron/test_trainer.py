@@ -72,7 +72,7 @@ def test_layouts_train_and_match_tp1(tiny_training, reference, tmp_path, tp, pp)
     trained = [n for n in before if n.startswith("language_model.")]
     assert sum(not torch.equal(before[n], after[n]) for n in trained) == len(trained)
     # The trainer's distributed checkpoint exports to the same HF weights (loaded at TP=1, resharded).
-    proc = subprocess.run([sys.executable, "-m", "conversion.cli", "mcore-to-hf", "--mcore-dir",
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.convert_cli", "mcore-to-hf", "--mcore-dir",
                            str(tmp_path / "ckpt"), "--out-dir", str(tmp_path / "from_dist")], cwd=REPO,
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -34,8 +34,8 @@ from sophia_common.contract import (
 )
 
 if TYPE_CHECKING:
-    from rollout.pack import Sample
-    from rollout.packing import PackPlan
+    from rollout.pack.build import Sample
+    from rollout.pack.planner import PackPlan
 
 REJECTS_NAME = "rejects.jsonl"
 ROW_GROUP_PACKS = 16

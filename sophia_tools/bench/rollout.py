@@ -15,9 +15,9 @@ over ``--repeats`` rounds whose order alternates (whichever runs second in a rou
 several percent slower on CPU), resetting vLLM's prefix cache before every timed run so neither
 side inherits the other's cache. ``overhead_outside_generate`` is the stage's own time (everything
 but ``LLM.generate``) over the bare time: the part of the overhead that is not run-to-run noise. Then it runs the verifier benchmark
-(``rollout.verifier.bench.run_verifier_bench``). Prints one JSON object.
+(``sophia_tools.bench.verifier.run_verifier_bench``). Prints one JSON object.
 
-Without ``--model`` the tiny random reasoner (``sophia_common.tiny``) is built into ``--tiny-dir``;
+Without ``--model`` the tiny random reasoner (``sophia_tools.tiny``) is built into ``--tiny-dir``;
 on CPU, vLLM gets ``enforce_eager`` and ``VLLM_CPU_KVCACHE_SPACE=1`` unless set. A random model
 rarely stops early, so completions mostly run to ``--max-tokens``: the numbers measure the
 plumbing, not a real model's length distribution.
@@ -71,7 +71,8 @@ def _write_inputs(work: Path, captions: int) -> Path:
 def _new_run(work: Path, inputs: Path, config: EngineConfig, args: argparse.Namespace, engine: _Shared,
              round_index: int):
     """A RolloutRun over a fresh store whose captions table holds one caption per question."""
-    from rollout.pipeline import RolloutConfig, open_run
+    from rollout.config import RolloutConfig
+    from rollout.pipeline import open_run
     from rollout.sharding import Shard
     from rollout.stages import CAPTIONS, as_arrow
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is the JSON report
     if args.model is None:
-        from sophia_common.tiny import build_reasoner
+        from sophia_tools.tiny import build_reasoner
 
         args.model = str(build_reasoner(Path(args.tiny_dir) / "reasoner"))
     report: dict[str, Any] = {"device": device, "model": args.model, "captions": args.captions, "n": args.n,
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                               "repeats": args.repeats}
     report.update(measure_reason_overhead(args))
     if args.verifier_n > 0:
-        from rollout.verifier.bench import run_verifier_bench
+        from sophia_tools.bench.verifier import run_verifier_bench
 
         report["verifier"] = run_verifier_bench(n=args.verifier_n, workers=args.verifier_workers)
     print(json.dumps(report, indent=2))

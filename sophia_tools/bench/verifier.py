@@ -1,6 +1,6 @@
 """Verifier throughput: verifications per second per core on typical and adversarial answers.
 
-    python -m rollout.verifier.bench [--n 400] [--n-adversarial 24] [--workers 1] [--timeout 1.0]
+    python -m sophia_tools.bench.verifier [--n 400] [--n-adversarial 24] [--workers 1] [--timeout 1.0]
 
 Typical answers are trajectories of a few KB ending in ``\\boxed{…}`` with the answer kinds seen in
 MathVision / OlympiadBench (integers, decimals, fractions, letters, intervals, surds, polynomials),
@@ -117,7 +117,7 @@ def run_verifier_bench(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rollout.verifier.bench", description=__doc__.splitlines()[0]
+        prog="python -m sophia_tools.bench.verifier", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--n", type=int, default=400, help="typical verifications")
     parser.add_argument("--n-adversarial", type=int, default=24, help="adversarial verifications")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from sophia_common.tiny import build_atomically, write_json
+from sophia_tools.tiny import build_atomically, write_json
 
 BPE_BASE_VOCAB = 1500  # learned BPE vocabulary before the special tokens are appended
 SENTENCEPIECE_VOCAB = 1000  # SentencePiece vocabulary before InternVL's tokens are appended

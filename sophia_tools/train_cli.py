@@ -1,6 +1,6 @@
 """``sophia-train``: the SOPHIA off-policy update and the warm-up SFT on Megatron-Core.
 
-    torchrun --nproc-per-node 2 -m sophia_megatron.cli --config configs/tiny.yaml [key=value ...]
+    torchrun --nproc-per-node 2 -m sophia_tools.train_cli --config configs/tiny.yaml [key=value ...]
     sophia-train --config configs/internvl3_38b.yaml --dry-run        # layout + memory check, no model
 
 Modes: ``train.mode=sophia`` (reward weights from the packed dataset) or ``train.mode=sft``

@@ -3,9 +3,9 @@
     sophia-rollout pack --config RECIPE [key=value ...] [--in FILE ...] [--out DIR] [--force]
 
 What: reads the recipe's ``pack.sources`` (and ``--in`` files, as ``trajectories`` sources), renders
-each sample as an InternVL conversation (``rollout.pack_render``), tokenises it with the policy's
+each sample as an InternVL conversation (``rollout.pack.render``), tokenises it with the policy's
 tokenizer, packs whole samples into sequences of at most ``max_seq_len`` tokens (and
-``max_tiles_per_pack`` image tiles) with ``rollout.packing.plan_packs``, and writes the packs,
+``max_tiles_per_pack`` image tiles) with ``rollout.pack.planner.plan_packs``, and writes the packs,
 longest first, as parquet shards plus a manifest (``sophia_common.contract``). The trainer reads
 only that directory.
 
@@ -50,7 +50,8 @@ from typing import Any, Literal
 import numpy as np
 
 from rollout.inputs import INPUT_STAGE, InputRow, read_inputs
-from rollout.pack_render import (
+from rollout.pack.planner import TOO_MANY_TOKENS, PackPlan, plan_packs
+from rollout.pack.render import (
     ChatRenderer,
     RenderRejected,
     SystemPrompts,
@@ -58,8 +59,7 @@ from rollout.pack_render import (
     TokenizedSample,
     check_text,
 )
-from rollout.pack_write import REJECTS_NAME, check_replaceable, write_dataset
-from rollout.packing import TOO_MANY_TOKENS, PackPlan, plan_packs
+from rollout.pack.write import REJECTS_NAME, check_replaceable, write_dataset
 from rollout.prompts import resolve_prompt_path
 from rollout.store import reject_record
 from sophia_common.cli import UserError

@@ -3,10 +3,10 @@
 Everything is built in-process in a few seconds with no download, so every test (conversion,
 packing, training, rollout) runs against files shaped like the real ones:
 
-    from sophia_common.tiny import build_all
+    from sophia_tools.tiny import build_all
     paths = build_all("/tmp/tiny")      # {"tokenizer_bpe": Path, "vit300m_qwen2_hf": Path, ...}
 
-or ``python -m sophia_common.tiny --out DIR``. Builders write each dir under a temporary name and
+or ``python -m sophia_tools.tiny --out DIR``. Builders write each dir under a temporary name and
 rename it (atomic), stamp it with ``tiny_fixture.json`` (build parameters plus a digest of the
 builder code) and reuse a dir whose stamp matches; a dir with another stamp is rebuilt.
 
@@ -30,11 +30,11 @@ BUILDER_SOURCES = (*sorted(_PACKAGE_DIR.glob("*.py")), _PACKAGE_DIR.parent / "to
                    _PACKAGE_DIR.parent.parent / "conversion" / "hf_formats.py")
 
 _LAZY_EXPORTS = {
-    "build_tokenizer": "sophia_common.tiny.tokenizer",
-    "build_internvl": "sophia_common.tiny.internvl",
-    "build_all": "sophia_common.tiny.internvl",
-    "TINY_SHAPES": "sophia_common.tiny.internvl",
-    "build_reasoner": "sophia_common.tiny.reasoner",
+    "build_tokenizer": "sophia_tools.tiny.tokenizer",
+    "build_internvl": "sophia_tools.tiny.internvl",
+    "build_all": "sophia_tools.tiny.internvl",
+    "TINY_SHAPES": "sophia_tools.tiny.internvl",
+    "build_reasoner": "sophia_tools.tiny.reasoner",
 }
 __all__ = [*_LAZY_EXPORTS, "build_atomically", "write_json"]
 

@@ -1,6 +1,6 @@
 """Build every tiny fixture and print where each one is:
 
-    python -m sophia_common.tiny --out DIR [--seed 0]
+    python -m sophia_tools.tiny --out DIR [--seed 0]
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sophia_common.tiny", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sophia_tools.tiny", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="root dir; each fixture goes in a subdir")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
 
-    from sophia_common.tiny.internvl import build_all
+    from sophia_tools.tiny.internvl import build_all
 
     start = time.perf_counter()
     paths = build_all(args.out, seed=args.seed)

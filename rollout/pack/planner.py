@@ -7,7 +7,7 @@ same inputs always give the same plan, so a resumed build writes identical shard
 
 Why: every pack is padded to ``max_tokens`` at training time, so padding is paid for in GPU
 hours. Best-fit decreasing (BFD) leaves well under 1% padding on long-tailed reasoning data
-(measured by ``sophia-profile packing``, see ``rollout/packing_bench.py``).
+(measured by ``sophia-profile packing``, see ``sophia_tools/bench/packing.py``).
 
 How: samples are sorted by length (longest first) and each goes into the open pack with the
 least remaining room that still fits it, under both caps. Lengths are integers bounded by

@@ -119,7 +119,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_config(args: argparse.Namespace, recipe: str, out: Path, passthrough: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.tp}",
-           "--master-port", str(29500 + os.getpid() % 1000), "-m", "sophia_megatron.bench", "--worker",
+           "--master-port", str(29500 + os.getpid() % 1000), "-m", "sophia_tools.bench.train", "--worker",
            "--recipe", recipe, "--out", str(out), *passthrough]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not out.is_file():

@@ -1,6 +1,6 @@
-"""``python -m sophia_common.demo [--workdir .demo] [--fast]``: the SOPHIA demo (see the package docstring).
+"""``python -m sophia_tools.demo [--workdir .demo] [--fast]``: the SOPHIA demo (see the package docstring).
 
-Each ``stage_*`` function below runs one stage's commands through :class:`sophia_common.demo.Demo`
+Each ``stage_*`` function below runs one stage's commands through :class:`sophia_tools.demo.Demo`
 and returns the numbers the summary reports; :func:`main` runs them in order.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sophia_common.config import read_recipe
-from sophia_common.demo import FAST, FULL, RECIPE, Demo, DemoError, json_lines, override, read_json
+from sophia_tools.demo import FAST, FULL, RECIPE, Demo, DemoError, json_lines, override, read_json
 
 STAGES = ("fixtures", "task", "warmup_captioner", "warmup_reasoner", "convert_policy", "rollout", "pack",
           "train", "verify", "evaluate")
@@ -46,14 +46,14 @@ def training_numbers(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def stage_fixtures(demo: Demo) -> dict[str, Any]:
-    out = demo.run("build", [demo.python, "-m", "sophia_common.tiny", "--out", str(demo.path("tiny"))])
+    out = demo.run("build", [demo.python, "-m", "sophia_tools.tiny", "--out", str(demo.path("tiny"))])
     return {"dir": str(demo.path("tiny")),
             "fixtures": [line.split()[0] for line in out.splitlines() if line.strip()]}
 
 
 def stage_task(demo: Demo) -> dict[str, Any]:
-    from sophia_common.demo.task import write_task
-    from sophia_common.tiny.tokenizer import DEFAULT_SYSTEM_MESSAGE
+    from sophia_tools.demo.task import write_task
+    from sophia_tools.tiny.tokenizer import DEFAULT_SYSTEM_MESSAGE
 
     s = demo.settings
     info = write_task(demo.path("task"), images=s.images, warmup_images=s.warmup_images,
@@ -66,7 +66,7 @@ def stage_task(demo: Demo) -> dict[str, Any]:
 
 
 def stage_warmup_captioner(demo: Demo) -> dict[str, Any]:
-    from sophia_common.demo.warmup import captioner_commands
+    from sophia_tools.demo.warmup import captioner_commands
 
     s, work = demo.settings, demo.path("warmup", "captioner")
     shutil.rmtree(work, ignore_errors=True)
@@ -87,7 +87,7 @@ def stage_warmup_captioner(demo: Demo) -> dict[str, Any]:
 def stage_warmup_reasoner(demo: Demo) -> dict[str, Any]:
     s, work = demo.settings, demo.path("warmup", "reasoner")
     work.mkdir(parents=True, exist_ok=True)
-    demo.run("finetune", [demo.python, "-m", "sophia_common.demo.warmup", "reasoner",
+    demo.run("finetune", [demo.python, "-m", "sophia_tools.demo.warmup", "reasoner",
                           "--base", str(demo.path("tiny", "reasoner")),
                           "--data", str(demo.path("task", "reasoner_sft.jsonl")),
                           "--prompt", str(prompt_file("simulated_seeing")), "--out", str(work / "hf"),
@@ -97,7 +97,7 @@ def stage_warmup_reasoner(demo: Demo) -> dict[str, Any]:
 
 
 def stage_convert_policy(demo: Demo) -> dict[str, Any]:
-    out = demo.run("hf-to-mcore", [demo.python, "-m", "conversion.cli", "hf-to-mcore", "--hf-dir",
+    out = demo.run("hf-to-mcore", [demo.python, "-m", "sophia_tools.convert_cli", "hf-to-mcore", "--hf-dir",
                                    str(demo.path("warmup", "captioner", "hf")), "--out-dir",
                                    str(demo.path("policy_mcore")), "--tp", "2", "--force"])
     return {**json_lines(out)[-1], "dir": str(demo.path("policy_mcore"))}
@@ -116,9 +116,9 @@ def rollout_overrides(demo: Demo) -> list[str]:
 
 
 def stage_rollout(demo: Demo) -> dict[str, Any]:
-    from sophia_common.demo.summary import analyse_store
+    from sophia_tools.demo.summary import analyse_store
 
-    rollout = [demo.python, "-m", "rollout.cli"]
+    rollout = [demo.python, "-m", "sophia_tools.rollout_cli"]
     reports = json_lines(demo.run("run", [*rollout, "run", "--config", str(RECIPE), *rollout_overrides(demo)],
                                   VLLM_CPU_KVCACHE_SPACE="1"))
     demo.run("stats", [*rollout, "stats", "--config", str(RECIPE), *rollout_overrides(demo), "--out",
@@ -134,7 +134,7 @@ def stage_pack(demo: Demo) -> dict[str, Any]:
     sources = [{"path": str(demo.path("store", "selected.jsonl")), "kind": "trajectories", "weight": 1.0},
                {"path": str(task / "mix_text.jsonl"), "kind": "text", "weight": 1.0},
                {"path": str(task / "mix_vqa.jsonl"), "kind": "vqa", "weight": 1.0}]
-    out = demo.run("pack", [demo.python, "-m", "rollout.cli", "pack", "--config", str(RECIPE),
+    out = demo.run("pack", [demo.python, "-m", "sophia_tools.rollout_cli", "pack", "--config", str(RECIPE),
                             override("pack.out", demo.path("packed")),
                             override("pack.tokenizer_dir", demo.path("policy_mcore", "hf_files")),
                             override("pack.rollout_store", demo.path("store")),
@@ -147,7 +147,7 @@ def stage_train(demo: Demo) -> dict[str, Any]:
     work = demo.path("sophia")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    demo.run("sophia-train", [*demo.torchrun(), "-m", "sophia_megatron.cli", "--config", str(RECIPE),
+    demo.run("sophia-train", [*demo.torchrun(), "-m", "sophia_tools.train_cli", "--config", str(RECIPE),
                               override("model.mcore_dir", demo.path("policy_mcore")),
                               override("data.path", demo.path("packed")), "train.mode=sophia",
                               f"train.steps={demo.settings.sophia_steps}",
@@ -160,12 +160,12 @@ def stage_train(demo: Demo) -> dict[str, Any]:
 
 
 def stage_verify(demo: Demo) -> dict[str, Any]:
-    from sophia_common.demo.summary import compare_checkpoints
+    from sophia_tools.demo.summary import compare_checkpoints
 
     exported, mcore = demo.path("sophia", "hf"), demo.path("verify", "mcore")
-    demo.run("hf-to-mcore", [demo.python, "-m", "conversion.cli", "hf-to-mcore", "--hf-dir", str(exported),
+    demo.run("hf-to-mcore", [demo.python, "-m", "sophia_tools.convert_cli", "hf-to-mcore", "--hf-dir", str(exported),
                              "--out-dir", str(mcore), "--tp", "2", "--force"])
-    out = demo.run("verify", [*demo.torchrun(), "-m", "conversion.cli", "verify", "--hf-dir", str(exported),
+    out = demo.run("verify", [*demo.torchrun(), "-m", "sophia_tools.convert_cli", "verify", "--hf-dir", str(exported),
                               "--mcore-dir", str(mcore), "--tp", "2", "--tol", "1e-4"], OMP_NUM_THREADS="1")
     found = re.findall(r"max_abs_diff=([0-9.eE+-]+)", out)
     if not found:
@@ -192,12 +192,12 @@ def stage_evaluate(demo: Demo) -> dict[str, Any]:
     models = {"before": demo.path("warmup", "captioner", "hf"), "after": demo.path("sophia", "hf")}
     for when, model in models.items():
         answers = demo.path("evaluate", f"answers_{when}.jsonl")
-        demo.run(f"answer-{when}", [demo.python, "-m", "sophia_common.demo.evaluate", "--model", str(model),
+        demo.run(f"answer-{when}", [demo.python, "-m", "sophia_tools.demo.evaluate", "--model", str(model),
                                     "--inputs", str(demo.path("task", "eval_inputs.jsonl")),
                                     "--system", str(prompt_file("slow_thinking_system")),
                                     "--out", str(answers),
                                     "--limit-tokens", str(demo.settings.answer_max_tokens)])
-        check = [demo.python, "-m", "rollout.cli", "check", "--in", str(answers)]
+        check = [demo.python, "-m", "sophia_tools.rollout_cli", "check", "--in", str(answers)]
         results[when] = pass_rates(json_lines(answers.read_text(encoding="utf-8")),
                                    json_lines(demo.run(f"check-{when}", check)))
     return results
@@ -207,13 +207,13 @@ STAGE_FUNCTIONS = {name: globals()[f"stage_{name}"] for name in STAGES}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sophia_common.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sophia_tools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path(".demo"),
                         help="where everything goes (default .demo)")
     parser.add_argument("--fast", action="store_true",
                         help="tiny sizes: the whole loop in a few minutes (tests)")
     args = parser.parse_args(argv)
-    from sophia_common.demo.summary import write_summary
+    from sophia_tools.demo.summary import write_summary
 
     started = time.perf_counter()
     demo = Demo(args.workdir, FAST if args.fast else FULL)

@@ -1,6 +1,6 @@
 """Brief warm-ups of the tiny models, so that the demo's rewards are earned and depend on captions.
 
-The random tiny models of ``sophia_common.tiny`` write random text: every reward would be 0 and
+The random tiny models of ``sophia_tools.tiny`` write random text: every reward would be 0 and
 Eq. 6 would select nothing. The paper warms the policy up with SFT on general VQA before
 sampling (DESIGN §1.2) and uses a strong reasoning LLM; the demo does the same at toy scale:
 
@@ -14,7 +14,7 @@ sampling (DESIGN §1.2) and uses a strong reasoning LLM; the demo does the same 
   ``\\boxed{answer}``), where the answer is always what the *description* says. Rendered with the
   rollout's simulated-seeing prompt and the model's chat template exactly as ``sophia-rollout
   reason`` renders it, so at rollout it answers right from a right caption and wrong from a
-  wrong one. Run as ``python -m sophia_common.demo.warmup reasoner --base DIR --data FILE
+  wrong one. Run as ``python -m sophia_tools.demo.warmup reasoner --base DIR --data FILE
   --prompt FILE --out DIR [--steps N]``.
 
 Neither warm-up ever sees the rollout images or the verifier; the rewards of the rollout are
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sophia_common.demo import RECIPE, override
+from sophia_tools.demo import RECIPE, override
 
 _IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
 
@@ -55,13 +55,13 @@ def captioner_commands(python: str, *, base_hf: Path, work: Path, system_prompt:
     mcore, packed = work / "mcore", work / "packed"
     recipe = str(RECIPE)
     return [
-        ("convert", [python, "-m", "conversion.cli", "hf-to-mcore", "--hf-dir", str(base_hf), "--out-dir",
+        ("convert", [python, "-m", "sophia_tools.convert_cli", "hf-to-mcore", "--hf-dir", str(base_hf), "--out-dir",
                      str(mcore), "--tp", "2", "--force"]),
-        ("pack", [python, "-m", "rollout.cli", "pack", "--config", recipe, override("pack.out", packed),
+        ("pack", [python, "-m", "sophia_tools.rollout_cli", "pack", "--config", recipe, override("pack.out", packed),
                   override("pack.tokenizer_dir", mcore / "hf_files"),
                   override("pack.default_system_prompt", system_prompt), override("pack.rollout_store", None),
                   override("pack.sources", [{"path": str(data), "kind": "vqa", "weight": 1.0}]), "--force"]),
-        ("sft", [*torchrun, "-m", "sophia_megatron.cli", "--config", recipe,
+        ("sft", [*torchrun, "-m", "sophia_tools.train_cli", "--config", recipe,
                  override("model.mcore_dir", mcore), override("data.path", packed), "train.mode=sft",
                  f"train.steps={steps}", f"train.lr={lr}", "train.warmup_steps=2", "train.min_lr_ratio=0.5",
                  override("checkpoint.save_dir", work / "checkpoints"), "checkpoint.save_interval=0",
@@ -175,7 +175,7 @@ def _save(model: Any, base: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sophia_common.demo.warmup",
+    parser = argparse.ArgumentParser(prog="python -m sophia_tools.demo.warmup",
                                      description="fine-tune the tiny reasoning LLM (the demo's warm-up)")
     parser.add_argument("what", choices=("reasoner",))
     parser.add_argument("--base", type=Path, required=True, help="the tiny reasoner to start from")

@@ -8,7 +8,7 @@ Usage::
 
     sophia-profile packing --lengths FILE [--max-seq-len 32768] [--max-tiles M] [--oversize drop]
     sophia-profile packing --generate 100000 --distribution longtail --seed 0 --write FILE [...]
-    python -m rollout.packing_bench ...          # same thing without the console script
+    python -m sophia_tools.bench.packing ...          # same thing without the console script
 
 FILE holds one sample per line: ``tokens`` or ``tokens,tiles`` (blank lines are skipped; a line
 without tiles counts as 0 tiles). ``--generate K`` writes K synthetic lengths to ``--write FILE``
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rollout.packing import PackPlan, lower_bound_packs, plan_packs
+from rollout.pack.planner import PackPlan, lower_bound_packs, plan_packs
 from sophia_common.cli import UserError, run_guarded
 
 DEFAULT_MAX_SEQ_LEN = 32768

@@ -18,8 +18,8 @@ COMMANDS = {
     "run": ("rollout.pipeline:run_main", "caption -> reason -> score -> select"),
     "stats": ("rollout.pipeline:stats_main", "counts, pass rates, length histograms, rejects"),
     "merge": ("rollout.pipeline:merge_main", "join the stores of array-job shards, checked"),
-    "pack": ("rollout.pack:pack_main", "tokenise and pack samples into a length-sorted dataset"),
-    "check": ("rollout.verifier.cli:check_main", "verify {response, answer} JSONL lines, one JSON line each"),
+    "pack": ("rollout.pack.build:pack_main", "tokenise and pack samples into a length-sorted dataset"),
+    "check": ("rollout.verifier.check:check_main", "verify {response, answer} JSONL lines, one JSON line each"),
 }
 
 

@@ -27,7 +27,7 @@ Files written by :func:`write_task` (all JSONL, image paths relative to the file
 * ``mix_text.jsonl`` / ``mix_vqa.jsonl`` — the text-only and VQA samples mixed into the SOPHIA
   update (arithmetic with ``<think>``; image description on warm-up images);
 * ``eval_inputs.jsonl`` — held-out questions on yet other images, which the policy answers itself
-  before and after the update (``sophia_common.demo.evaluate``).
+  before and after the update (``sophia_tools.demo.evaluate``).
 
 Everything is a function of the seeds: rerunning writes byte-identical files.
 """

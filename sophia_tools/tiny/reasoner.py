@@ -15,9 +15,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from sophia_common.tiny import build_atomically, write_json
-from sophia_common.tiny.tokenizer import CHATML_CHAT_TEMPLATE, build_tokenizer, copy_tokenizer_files
 from sophia_common.tokenizer import fingerprint_dir, load_tokenizer
+from sophia_tools.tiny import build_atomically, write_json
+from sophia_tools.tiny.tokenizer import CHATML_CHAT_TEMPLATE, build_tokenizer, copy_tokenizer_files
 
 REASONER_DIMS = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64,
                  "intermediate_size": 256, "num_hidden_layers": 2, "max_position_embeddings": 8192}
@@ -27,7 +27,7 @@ def _write_reasoner(tmp: Path, seed: int, tokenizer_dir: Path) -> None:
     from safetensors.torch import save_file
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from sophia_common.tiny.internvl import randomize_parameters_
+    from sophia_tools.tiny.internvl import randomize_parameters_
 
     tokenizer = load_tokenizer(tokenizer_dir)
     config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_act="silu", rms_norm_eps=1e-6,

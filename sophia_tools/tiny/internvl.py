@@ -15,7 +15,7 @@ and non-trivial (norm weights and layer scales too), seeded; then written
   tensors through :mod:`conversion.hf_formats` (so both formats hold bit-identical weights).
 
 Both are safetensors sharded in two with ``model.safetensors.index.json``, with the tokenizer copied
-in. ``python -m sophia_common.tiny --out DIR`` builds everything (see :func:`build_all`).
+in. ``python -m sophia_tools.tiny --out DIR`` builds everything (see :func:`build_all`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sophia_common.tiny import build_atomically, write_json
-from sophia_common.tiny.tokenizer import build_tokenizer, copy_tokenizer_files
 from sophia_common.tokenizer import fingerprint_dir, load_tokenizer
+from sophia_tools.tiny import build_atomically, write_json
+from sophia_tools.tiny.tokenizer import build_tokenizer, copy_tokenizer_files
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def build_all(root: str | Path, seed: int = 0) -> dict[str, Path]:
     Keys: ``tokenizer_bpe``, ``tokenizer_sentencepiece``, ``<shape>_<fmt>`` for each shape of
     :data:`TINY_SHAPES` and fmt in ("hf", "original"), and ``reasoner``.
     """
-    from sophia_common.tiny.reasoner import build_reasoner
+    from sophia_tools.tiny.reasoner import build_reasoner
 
     root = Path(root)
     paths = {f"tokenizer_{kind}": build_tokenizer(root / f"tokenizer_{kind}", kind)

@@ -11,7 +11,7 @@ store and ``sophia-rollout stats``, the packed dataset's manifest, the trainer's
 * :func:`write_summary` — ``summary.json``, ``summary.txt``, ``loss.png`` and ``lengths.png``.
 
 The policy's own pass@1 on held-out questions, before and after the update, comes from the
-``evaluate`` stage (``sophia_common.demo.evaluate``, scored by ``sophia-rollout check``).
+``evaluate`` stage (``sophia_tools.demo.evaluate``, scored by ``sophia-rollout check``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sophia_common.demo.task import states_answer
+from sophia_tools.demo.task import states_answer
 
 if TYPE_CHECKING:
-    from sophia_common.demo import Demo
+    from sophia_tools.demo import Demo
 
 HOW_MADE = """\
 How the demo data and models are made:
@@ -261,7 +261,7 @@ def write_summary(demo: Demo, wall_seconds: float) -> dict[str, Any]:
     """Write summary.json / summary.txt / loss.png / lengths.png into the workdir; returns the summary."""
     from dataclasses import asdict
 
-    from sophia_common.demo import FAST, write_json
+    from sophia_tools.demo import FAST, write_json
 
     results = demo.results
     n = numbers(results)

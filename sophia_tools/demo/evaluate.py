@@ -1,6 +1,6 @@
 """The demo's evaluation: the policy answers held-out image questions itself, before and after SOPHIA.
 
-    python -m sophia_common.demo.evaluate --model HF_DIR --inputs eval_inputs.jsonl --system FILE --out FILE
+    python -m sophia_tools.demo.evaluate --model HF_DIR --inputs eval_inputs.jsonl --system FILE --out FILE
 
 What: the policy InternVL (transformers-native checkpoint) gets each held-out image and its question
 in one user turn, after the slow-thinking system prompt (the paper's inference setting), and answers
@@ -55,7 +55,7 @@ def answer_questions(model_dir: Path, inputs: Path, system: str, max_tokens: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sophia_common.demo.evaluate",
+    parser = argparse.ArgumentParser(prog="python -m sophia_tools.demo.evaluate",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="transformers-native InternVL dir")
     parser.add_argument("--inputs", type=Path, required=True,

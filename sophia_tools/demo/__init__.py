@@ -1,16 +1,16 @@
 """``make demo``: the whole SOPHIA loop end to end on CPU, with tiny models and a synthetic image task.
 
-    python -m sophia_common.demo [--workdir .demo] [--fast]
+    python -m sophia_tools.demo [--workdir .demo] [--fast]
 
 What it does, stage by stage (each one a real command of the three packages, run as a subprocess
 so that rollout, training and conversion each run as they would in their own environment):
 
-1. ``fixtures`` — the tiny offline models and tokenizers (``python -m sophia_common.tiny``);
+1. ``fixtures`` — the tiny offline models and tokenizers (``python -m sophia_tools.tiny``);
 2. ``task`` — coloured-circle images with colour / count questions and gold answers
-   (:mod:`sophia_common.demo.task`);
+   (:mod:`sophia_tools.demo.task`);
 3. ``warmup_captioner`` — the policy InternVL learns to describe such images: ``sophia-convert
    hf-to-mcore`` (TP=2), ``sophia-rollout pack`` (VQA), ``sophia-train train.mode=sft`` on two
-   ranks, exported to HF (:mod:`sophia_common.demo.warmup`);
+   ranks, exported to HF (:mod:`sophia_tools.demo.warmup`);
 4. ``warmup_reasoner`` — the tiny reasoning LLM learns to answer from a description (plain PyTorch);
 5. ``convert_policy`` — the warmed-up policy to Megatron TP=2, where the update starts from;
 6. ``rollout`` — ``sophia-rollout run``: K captions per image by the policy (Transformers engine:
@@ -22,9 +22,9 @@ so that rollout, training and conversion each run as they would in their own env
    (``sophia-convert verify``), and its tensors checked (language model moved, vision frozen);
 10. ``evaluate`` — the policy answers held-out image questions itself, before and after the update
     (greedy, slow-thinking system prompt), scored by ``sophia-rollout check``
-    (:mod:`sophia_common.demo.evaluate`);
+    (:mod:`sophia_tools.demo.evaluate`);
 11. summary — ``summary.txt`` / ``summary.json`` plus ``loss.png`` and ``lengths.png`` (always rewritten
-    from the stages' recorded numbers, :mod:`sophia_common.demo.summary`).
+    from the stages' recorded numbers, :mod:`sophia_tools.demo.summary`).
 
 Resumable: a stage that finished wrote ``WORKDIR/done/STAGE.json`` (its numbers) and is skipped
 on the next run; an interrupted rollout resumes from its store. A failing command stops the demo

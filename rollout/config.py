@@ -1,0 +1,92 @@
+"""The ``rollout:`` section of a recipe: typed settings of every rollout stage, validated at load.
+
+``load_config(recipe, overrides)`` reads the YAML recipe, applies ``key=value`` overrides
+(``rollout.N=4`` or just ``N=4``) and builds ``RolloutConfig``; each bad key is one error that
+names it. Paths: inputs, models, ``store_dir`` and ``selected_out`` are used as given (relative
+to the working directory); prompt files are relative to the recipe file (``rollout.prompts``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rollout.engines import EngineConfig
+from rollout.prompts import PromptsConfig
+from rollout.rewards import Ablation
+from sophia_common.cli import UserError
+from sophia_common.config import KNOWN_SECTIONS, build, doc, read_recipe
+
+
+@dataclass
+class CaptionerConfig(EngineConfig):
+    """The policy InternVL writing captions (K per image, no question shown)."""
+
+    K: int = doc("captions per image", 8)
+    max_tiles: int = doc("InternVL dynamic tiling: most tiles per image (plus a thumbnail)", 12)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.K < 1 or self.max_tiles < 1:
+            raise ValueError("K and max_tiles must be >= 1")
+
+
+@dataclass
+class ReasonerConfig:
+    """The text reasoning LLM(s) answering from a caption (QwQ-32B easy, DeepSeek-R1 hard in the paper)."""
+
+    easy: EngineConfig = doc("the reasoner for every question not routed to 'hard'", default_factory=EngineConfig)
+    hard: EngineConfig | None = doc("optional reasoner for questions whose difficulty is in hard_difficulties",
+                                    None)
+    hard_difficulties: list[str] = doc("input 'difficulty' values routed to the hard reasoner", ["hard"])
+
+
+@dataclass
+class VerifierConfig:
+    timeout_s: float = doc("hard time limit of one symbolic check (seconds); a timeout scores 0", 5.0)
+    workers: int = doc("verifier worker processes", 1)
+
+
+@dataclass
+class RolloutConfig:
+    """The ``rollout:`` section of a recipe."""
+
+    inputs: list[str] = doc("input files (parquet / JSONL rows: id, image, question, answer, source, "
+                            "difficulty)", [])
+    store_dir: str = doc("the resumable store of this run (one directory of tables)", "")
+    captioner: CaptionerConfig = doc("the captioning policy InternVL", default_factory=CaptionerConfig)
+    reasoner: ReasonerConfig = doc("the reasoning LLM(s)", default_factory=ReasonerConfig)
+    N: int = doc("trajectories per caption", 8)
+    alpha: float = doc("caption-reward threshold of Eq. 6 (inclusive)", 0.75)
+    keep_k: int = doc("trajectories kept per question: the k shortest eligible ones", 1)
+    ablation: Ablation = doc("none | random | no_caption_reward | no_shortest (DESIGN §1.1)", "none")
+    seed: int = doc("seed of the random ablations' draws", 0)
+    verifier: VerifierConfig = doc("answer verification", default_factory=VerifierConfig)
+    batch_size: int = doc("requests per engine call and per stored shard (images, captions, questions)", 64)
+    selected_out: str = doc("export of the selected samples (.parquet or .jsonl); empty: "
+                            "STORE_DIR/selected.parquet", "")
+    prompts: PromptsConfig = doc("prompt files", default_factory=PromptsConfig)
+
+    def __post_init__(self) -> None:
+        if self.N < 1 or self.batch_size < 1:
+            raise ValueError("N and batch_size must be >= 1")
+        if not 0 <= self.alpha <= 1 or self.keep_k < 1:
+            raise ValueError(f"need 0 <= alpha <= 1 and keep_k >= 1, got {self.alpha}, {self.keep_k}")
+
+    @property
+    def selected_path(self) -> Path:
+        return Path(self.selected_out) if self.selected_out else Path(self.store_dir) / "selected.parquet"
+
+
+def _qualified(overrides: list[str]) -> list[str]:
+    """``N=4`` means ``rollout.N=4``: only this section is read here."""
+    return [item if item.split("=", 1)[0].split(".")[0] in KNOWN_SECTIONS else f"rollout.{item}"
+            for item in overrides]
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -> RolloutConfig:
+    config = build(RolloutConfig, read_recipe(recipe, _qualified(overrides or [])).get("rollout") or {}, "rollout")
+    missing = [name for name in ("inputs", "store_dir") if not getattr(config, name)]
+    if missing:
+        raise UserError(f"{recipe}: rollout.{' and rollout.'.join(missing)} must be set")
+    return config
