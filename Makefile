@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml requirements/cpu-constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c requirements/cpu-constraints.txt -e ".[train,rollout-cpu,dev]"
-	@# vLLM pulls torchvision/torchaudio wheels built against CUDA torch; on a CPU-only host
-	@# they break `import transformers` (DESIGN §4), and nothing here needs them.
-	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	@# vLLM pulls torchvision/torchaudio wheels built against CUDA torch. torchvision stays (vLLM's
+	@# InternVL image processor needs it): a start-up hook (.pth) lets it import on a CPU-only torch,
+	@# in every interpreter incl. vLLM's workers. torchaudio/torchcodec break imports and are unused.
+	$(PY) -m sophia_common.torchvision_shim --install
+	$(PY) -m pip uninstall --quiet -y torchaudio torchcodec || true
+	$(PY) -c "import torchvision, transformers"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

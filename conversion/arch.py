@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from conversion.families import by_hf_text_model_type
+
 
 @dataclass(frozen=True)
 class VisionArch:
@@ -35,7 +37,7 @@ class VisionArch:
 
 @dataclass(frozen=True)
 class LanguageArch:
-    family: Literal["qwen2", "internlm2"]
+    family: str  # a row of conversion.families: "qwen2", "internlm2"
     hidden_size: int
     num_heads: int
     num_query_groups: int
@@ -103,22 +105,20 @@ def _rope_scaling(text: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def language_arch(text: dict[str, Any]) -> LanguageArch:
-    """From a transformers text config (``Qwen2Config`` or the Llama form of InternLM2)."""
-    model_type = text.get("model_type")
-    if model_type not in ("qwen2", "llama"):
-        raise ValueError(f"unsupported language model type {model_type!r} (expected qwen2 or llama)")
+    """From a transformers text config of a known family (``Qwen2Config``, the Llama form of InternLM2)."""
+    family = by_hf_text_model_type(text.get("model_type"))
     heads = int(text["num_attention_heads"])
     hidden = int(text["hidden_size"])
     if text.get("head_dim") not in (None, hidden // heads):
         raise ValueError(f"head_dim {text['head_dim']} != hidden_size / num_attention_heads")
     return LanguageArch(
-        family="qwen2" if model_type == "qwen2" else "internlm2",
+        family=family.name,
         hidden_size=hidden, num_heads=heads,
         num_query_groups=int(text.get("num_key_value_heads") or heads),
         ffn_hidden_size=int(text["intermediate_size"]), num_layers=int(text["num_hidden_layers"]),
         vocab_size=int(text["vocab_size"]), rope_theta=_rope_theta(text),
-        norm_eps=float(text.get("rms_norm_eps", 1e-6)),
-        qkv_bias=model_type == "qwen2" or bool(text.get("attention_bias", False)),
+        norm_eps=float(text.get("rms_norm_eps", family.default_norm_eps)),
+        qkv_bias=family.qkv_bias if family.qkv_bias is not None else bool(text.get("attention_bias", False)),
         max_position_embeddings=int(text.get("max_position_embeddings", 32768)),
         rope_scaling=_rope_scaling(text),
     )

@@ -37,6 +37,7 @@ from conversion.megatron_layout import (
     on_stage,
     rename_layer,
     stage_layers,
+    stage_sizes,
     stored_once,
     tp_mapping,
 )
@@ -44,22 +45,45 @@ from conversion.output import check_output_path, write_output_dir
 from conversion.torch_stream import StreamingTorchWriter, TensorSpec
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger, progress
+from sophia_common.mcore_checkpoint import (
+    CHECKPOINT_VERSION,
+    CONVERTED,
+    HF_FILES,
+    META_NAME,
+    RANK_FILE,
+    TRACKER,
+    iter_dir_name,
+    rank_dir_name,
+)
 
-META_NAME = "sophia_meta.json"
-HF_FILES = "hf_files"
-TRACKER = "latest_checkpointed_iteration.txt"
-CHECKPOINT_VERSION = 3.0
 log = get_logger("sophia.convert")
 
 
 @dataclass(frozen=True)
 class Layout:
+    """TP x PP, layer spec, and the pipeline split (None: even; see ``megatron_layout.stage_sizes``)."""
+
     tp: int
     pp: int
     spec: str = "local"
+    first_stage_layers: int | None = None
+    last_stage_layers: int | None = None
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Layout:
+        pp = meta["pp"]
+        split = (meta.get("first_stage_layers"), meta.get("last_stage_layers")) if pp > 1 else (None, None)
+        return cls(meta["tp"], pp, meta.get("spec", "local"), *split)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"tp": self.tp, "pp": self.pp, "spec": self.spec,
+                "first_stage_layers": self.first_stage_layers, "last_stage_layers": self.last_stage_layers}
+
+    def stage_layers(self, num_layers: int, pp_rank: int) -> range:
+        return stage_layers(num_layers, self.pp, pp_rank, self.first_stage_layers, self.last_stage_layers)
 
     def rank_dir(self, tp_rank: int, pp_rank: int) -> str:
-        return f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if self.pp > 1 else "")
+        return rank_dir_name(tp_rank, pp_rank, self.pp)
 
     def ranks(self) -> list[tuple[int, int]]:
         return [(t, p) for p in range(self.pp) for t in range(self.tp)]
@@ -75,8 +99,13 @@ def check_layout(arch: InternVLArch, layout: Layout) -> None:
     elif lm.num_query_groups % layout.tp:
         problems.append(f"TP={layout.tp} does not divide the {lm.num_query_groups} query groups "
                         "(Megatron needs num_query_groups % TP == 0)")
-    if layout.pp >= 1 and lm.num_layers % layout.pp:
-        problems.append(f"PP={layout.pp} does not divide the {lm.num_layers} language layers")
+    if layout.pp > 1:
+        try:
+            stage_sizes(lm.num_layers, layout.pp, layout.first_stage_layers, layout.last_stage_layers)
+        except ValueError as exc:
+            problems.append(str(exc))
+    elif (layout.first_stage_layers, layout.last_stage_layers) != (None, None):
+        problems.append("first/last stage layer counts need PP > 1")
     if problems:
         raise UserError("; ".join(problems))
 
@@ -85,7 +114,7 @@ def placements(name: str, arch: InternVLArch, layout: Layout) -> list[tuple[int,
     """(pp_rank, local name) of every stage holding the full Megatron parameter ``name``."""
     out = []
     for pp_rank in range(layout.pp):
-        layers = stage_layers(arch.language.num_layers, layout.pp, pp_rank)
+        layers = layout.stage_layers(arch.language.num_layers, pp_rank)
         if on_stage(name, layers, pp_rank, layout.pp):
             index = layer_index(name)
             out.append((pp_rank, rename_layer(name, index - layers.start) if index is not None else name))
@@ -139,7 +168,7 @@ def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_d
     writers = {}
     for (t, p), model_specs in specs.items():
         (iter_dir / layout.rank_dir(t, p)).mkdir(parents=True)
-        writers[(t, p)] = StreamingTorchWriter(iter_dir / layout.rank_dir(t, p) / "model_optim_rng.pt",
+        writers[(t, p)] = StreamingTorchWriter(iter_dir / layout.rank_dir(t, p) / RANK_FILE,
                                                _rank_skeleton(model_specs))
     total = sum(spec.nbytes for model_specs in specs.values() for spec in model_specs.values())
     written = 0
@@ -170,10 +199,11 @@ def fused_dtype_overrides(ckpt: HFCheckpoint, rows: list[Row]) -> dict[str, str]
 
 
 def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int, pp: int, spec: str = "local",
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, first_stage_layers: int | None = None,
+                last_stage_layers: int | None = None) -> dict[str, Any]:
     check_output_path(Path(out_dir), force)
     ckpt = HFCheckpoint(hf_dir)
-    layout = Layout(tp, pp, spec)
+    layout = Layout(tp, pp, spec, first_stage_layers, last_stage_layers)
     check_layout(ckpt.arch, layout)
     padded = padded_vocab_size(ckpt.arch.language.vocab_size, tp)
     rows = expand(table(ckpt.arch, padded_vocab=padded, spec=spec), ckpt.arch)
@@ -182,7 +212,7 @@ def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int, pp: int, sp
 
     def build(tmp: Path) -> None:
         nonlocal written
-        written = write_rank_files(ckpt, rows, layout, tmp / "iter_0000000")
+        written = write_rank_files(ckpt, rows, layout, tmp / iter_dir_name(0))
         (tmp / TRACKER).write_text("0")
         (tmp / HF_FILES).mkdir()
         for path in ckpt.aux_files():
@@ -190,8 +220,8 @@ def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int, pp: int, sp
         index = ckpt.directory / "model.safetensors.index.json"
         if index.is_file():
             shutil.copy2(index, tmp / HF_FILES / index.name)
-        meta = {"arch": ckpt.arch.to_dict(), "family": ckpt.arch.family, "tp": tp, "pp": pp, "spec": spec,
-                "padded_vocab_size": padded, "vision_tp": 1, "iteration": 0,
+        meta = {"arch": ckpt.arch.to_dict(), "family": ckpt.arch.family, **layout.to_meta(),
+                "padded_vocab_size": padded, "vision_tp": 1, "iteration": 0, "kind": CONVERTED,
                 "source_format": ckpt.format, "source_config": ckpt.config,
                 "source_weight_map": ckpt.weight_map,
                 "dtypes": sorted({ckpt.dtype(n) for n in ckpt.names()}),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conversion.convert import META_NAME
 from sophia_common.cli import UserError
+from sophia_common.mcore_checkpoint import META_NAME, RANK_FILE, TRACKER, TRAINING, meta_kind
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -37,10 +37,12 @@ def inspect_mcore(directory: Path) -> dict[str, Any]:
     from conversion.export import MegatronCheckpoint
 
     ckpt = MegatronCheckpoint(directory)
-    files = sorted(ckpt.iter_dir.glob("mp_rank_*/model_optim_rng.pt"))
+    files = sorted(ckpt.iter_dir.glob(f"mp_rank_*/{RANK_FILE}"))
     meta = ckpt.meta
     return {"kind": "megatron", "format": f"torch (converted from {meta['source_format']})",
             "family": ckpt.arch.family, "layout": f"TP={meta['tp']} PP={meta['pp']} spec={meta.get('spec')}",
+            "layers_per_stage": [len(ckpt.layout.stage_layers(ckpt.arch.language.num_layers, p))
+                                 for p in range(ckpt.layout.pp)],
             "rank_files": len(files), "padded_vocab": meta["padded_vocab_size"],
             "dtype": ",".join(meta.get("dtypes", [])), "bytes": sum(f.stat().st_size for f in files)}
 
@@ -57,8 +59,8 @@ def directory_kind(directory: str | Path) -> str | None:
             fields = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return "megatron"
-        return "training" if fields.get("kind") == "training" or "mcore_dir" in fields else "megatron"
-    if (directory / "latest_checkpointed_iteration.txt").is_file():
+        return "training" if isinstance(fields, dict) and meta_kind(fields) == TRAINING else "megatron"
+    if (directory / TRACKER).is_file():
         return "megatron"
     if (directory / "config.json").is_file():
         return "huggingface"

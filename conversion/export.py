@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conversion.arch import InternVLArch
-from conversion.convert import HF_FILES, META_NAME, TRACKER, Layout, placements
+from conversion.convert import Layout, placements
 from conversion.hf_checkpoint import read_json
 from conversion.hf_formats import hf_config_to_original, hf_to_original, original_config_to_hf
 from conversion.internvl_mapping import Row, expand, table
@@ -25,6 +25,7 @@ from conversion.megatron_layout import stored_once, tp_mapping
 from conversion.output import check_output_path, write_output_dir
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger, progress
+from sophia_common.mcore_checkpoint import HF_FILES, META_NAME, RANK_FILE, TRACKER, iter_dir_name
 
 SHARD_BYTES = 4 * 1024**3
 log = get_logger("sophia.convert")
@@ -43,12 +44,12 @@ class MegatronCheckpoint:
             raise UserError(hint)
         self.meta = read_json(self.directory / META_NAME)
         self.arch = InternVLArch.from_dict(self.meta["arch"])
-        self.layout = Layout(self.meta["tp"], self.meta["pp"], self.meta.get("spec", "local"))
+        self.layout = Layout.from_meta(self.meta)
         tracker = self.directory / TRACKER
         if not tracker.is_file():
             raise UserError(f"{tracker}: file not found")
         iteration = tracker.read_text().strip()
-        self.iter_dir = self.directory / ("release" if iteration == "release" else f"iter_{int(iteration):07d}")
+        self.iter_dir = self.directory / iter_dir_name(iteration)
         self.rows = expand(table(self.arch, padded_vocab=self.meta["padded_vocab_size"],
                                  spec=self.layout.spec), self.arch)
         self._shards: dict[tuple[int, int], dict[str, Any]] = {}
@@ -58,7 +59,7 @@ class MegatronCheckpoint:
 
         key = (tp_rank, pp_rank)
         if key not in self._shards:
-            path = self.iter_dir / self.layout.rank_dir(tp_rank, pp_rank) / "model_optim_rng.pt"
+            path = self.iter_dir / self.layout.rank_dir(tp_rank, pp_rank) / RANK_FILE
             if not path.is_file():
                 raise UserError(f"{path}: rank file missing")
             try:

@@ -27,6 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conversion.families import (
+    SHARED_TEXT_KEYS,
+    FusedQKV,
+    by_hf_text_model_type,
+    by_name,
+    by_original_architecture,
+)
+
 if TYPE_CHECKING:
     import torch
 
@@ -59,41 +67,10 @@ PROJECTOR_RENAMES: tuple[tuple[str, str], ...] = (
     ("mlp1.1.*",                                   "multi_modal_projector.linear_1.*"),
     ("mlp1.3.*",                                   "multi_modal_projector.linear_2.*"),
 )
-QWEN2_RENAMES: tuple[tuple[str, str], ...] = (   # the remote code uses transformers' Qwen2 itself
-    ("language_model.model.embed_tokens.weight",   "language_model.model.embed_tokens.weight"),
-    ("language_model.model.norm.weight",           "language_model.model.norm.weight"),
-    ("language_model.lm_head.weight",              "language_model.lm_head.weight"),
-)
-QWEN2_LAYER_RENAMES: tuple[tuple[str, str], ...] = (
-    ("self_attn.q_proj.*",                         "self_attn.q_proj.*"),
-    ("self_attn.k_proj.*",                         "self_attn.k_proj.*"),
-    ("self_attn.v_proj.*",                         "self_attn.v_proj.*"),
-    ("self_attn.o_proj.*",                         "self_attn.o_proj.*"),
-    ("mlp.gate_proj.weight",                       "mlp.gate_proj.weight"),
-    ("mlp.up_proj.weight",                         "mlp.up_proj.weight"),
-    ("mlp.down_proj.weight",                       "mlp.down_proj.weight"),
-    ("input_layernorm.weight",                     "input_layernorm.weight"),
-    ("post_attention_layernorm.weight",            "post_attention_layernorm.weight"),
-)
-INTERNLM2_RENAMES: tuple[tuple[str, str], ...] = (  # InternLM2 -> Llama names
-    ("language_model.model.tok_embeddings.weight", "language_model.model.embed_tokens.weight"),
-    ("language_model.model.norm.weight",           "language_model.model.norm.weight"),
-    ("language_model.output.weight",               "language_model.lm_head.weight"),
-)
-INTERNLM2_LAYER_RENAMES: tuple[tuple[str, str], ...] = (
-    ("attention.wo.*",                             "self_attn.o_proj.*"),
-    ("feed_forward.w1.weight",                     "mlp.gate_proj.weight"),
-    ("feed_forward.w3.weight",                     "mlp.up_proj.weight"),
-    ("feed_forward.w2.weight",                     "mlp.down_proj.weight"),
-    ("attention_norm.weight",                      "input_layernorm.weight"),
-    ("ffn_norm.weight",                            "post_attention_layernorm.weight"),
-)
-# Not 1:1: one original tensor <-> (q, k, v) transformers tensors, split along dim 0.
-# (per-layer original name, per-layer transformers names, packing)
-VISION_QKV = ("attn.qkv.*",
-              ("attention.q_proj.*", "attention.k_proj.*", "attention.v_proj.*"), "contiguous")
-INTERNLM2_QKV = ("attention.wqkv.*",
-                 ("self_attn.q_proj.*", "self_attn.k_proj.*", "self_attn.v_proj.*"), "grouped")
+# Not 1:1: one original tensor <-> (q, k, v) transformers tensors, split along dim 0. The
+# language model's own (InternLM2's wqkv) is in its family row (conversion.families).
+VISION_QKV = FusedQKV("attn.qkv.*", ("attention.q_proj.*", "attention.k_proj.*", "attention.v_proj.*"),
+                      "contiguous")
 
 # transformers' module names (the "prefixed" layout) -> the legacy layout it saves.
 HF_PREFIXED_TO_LEGACY: tuple[tuple[str, str], ...] = (
@@ -104,8 +81,6 @@ HF_PREFIXED_TO_LEGACY: tuple[tuple[str, str], ...] = (
 )
 # fmt: on
 
-LM_ARCHS = {"qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM"}
-HF_TEXT_MODEL_TYPES = {"qwen2": "qwen2", "internlm2": "llama"}
 SUPPORTED_FAMILIES = ("vit300m_qwen2", "vit300m_internlm2", "vit6b_qwen2")
 
 
@@ -116,7 +91,7 @@ SUPPORTED_FAMILIES = ("vit300m_qwen2", "vit300m_internlm2", "vit6b_qwen2")
 class LayoutSpec:
     """What the tensor mapping needs to know about a model: LM architecture and attention heads."""
 
-    lm_arch: str  # "qwen2" | "internlm2"
+    lm_arch: str  # a language-model family name (conversion.families): "qwen2", "internlm2"
     num_attention_heads: int
     num_key_value_heads: int
 
@@ -137,20 +112,18 @@ def _per_layer(prefixes: tuple[str, str], rows) -> tuple[tuple[str, str], ...]:
 
 
 def _rename_tables(lm_arch: str) -> tuple[tuple[str, str], ...]:
-    """Every 1:1 row for a model whose language model is ``lm_arch``, with full names."""
-    if lm_arch not in LM_ARCHS:
-        raise ValueError(f"unknown language model {lm_arch!r}; expected one of {sorted(LM_ARCHS)}")
-    lm_rows, lm_layer_rows = ((QWEN2_RENAMES, QWEN2_LAYER_RENAMES) if lm_arch == "qwen2"
-                              else (INTERNLM2_RENAMES, INTERNLM2_LAYER_RENAMES))
+    """Every 1:1 row for a model whose language model is of family ``lm_arch``, with full names."""
+    family = by_name(lm_arch)
     return (VISION_RENAMES + _per_layer(VISION_LAYER, VISION_LAYER_RENAMES) + PROJECTOR_RENAMES
-            + lm_rows + _per_layer(LM_LAYER, lm_layer_rows))
+            + family.names + _per_layer(LM_LAYER, family.layer_names))
 
 
 def _fused_tables(lm_arch: str) -> tuple[tuple[str, tuple[str, ...], str], ...]:
     """Every fused row, as (full original name, full transformers names, packing)."""
-    rows = [(VISION_LAYER, VISION_QKV)] + ([(LM_LAYER, INTERNLM2_QKV)] if lm_arch == "internlm2" else [])
-    return tuple((prefix[0] + original, tuple(prefix[1] + name for name in names), kind)
-                 for prefix, (original, names, kind) in rows)
+    family = by_name(lm_arch)
+    rows = [(VISION_LAYER, VISION_QKV)] + ([(LM_LAYER, family.fused_qkv)] if family.fused_qkv else [])
+    return tuple((prefix[0] + fused.original, tuple(prefix[1] + name for name in fused.hf), fused.packing)
+                 for prefix, fused in rows)
 
 
 def normalize_hf_name(name: str) -> str:
@@ -280,17 +253,10 @@ def detect_format(config: Mapping) -> str:
 
 
 def _lm_arch(config: Mapping) -> str:
+    """The language-model family name of a config.json of either format."""
     if detect_format(config) == "original":
-        arch = (config["llm_config"].get("architectures") or [""])[0]
-        by_arch = {v: k for k, v in LM_ARCHS.items()}
-        if arch not in by_arch:
-            raise ValueError(f"unsupported InternVL language model {arch!r}; expected {sorted(by_arch)}")
-        return by_arch[arch]
-    model_type = config["text_config"].get("model_type", "qwen2")
-    by_type = {v: k for k, v in HF_TEXT_MODEL_TYPES.items()}
-    if model_type not in by_type:
-        raise ValueError(f"unsupported InternVL text model_type {model_type!r}; expected {sorted(by_type)}")
-    return by_type[model_type]
+        return by_original_architecture((config["llm_config"].get("architectures") or [""])[0]).name
+    return by_hf_text_model_type(config["text_config"].get("model_type", "qwen2")).name
 
 
 def _lm_config(config: Mapping) -> Mapping:
@@ -322,12 +288,6 @@ def detect_family(config: Mapping) -> str:
     return f"{flavour}_{_lm_arch(config)}"
 
 
-# Keys of a causal-LM config that mean the same in the original llm_config and the HF text_config.
-SHARED_TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                    "num_attention_heads", "num_key_value_heads", "hidden_act", "max_position_embeddings",
-                    "rms_norm_eps", "initializer_range", "attention_dropout", "bos_token_id", "eos_token_id",
-                    "pad_token_id", "tie_word_embeddings", "use_cache")
-QWEN2_ONLY_TEXT_KEYS = ("use_sliding_window", "sliding_window", "max_window_layers")
 # original InternVisionConfig key -> InternVLVisionConfig key
 VISION_CONFIG_KEYS = (
     ("hidden_size", "hidden_size"), ("intermediate_size", "intermediate_size"),
@@ -341,16 +301,11 @@ VISION_CONFIG_KEYS = (
 ORIGINAL_DEFAULTS = {"template": "internvl2_5", "ps_version": "v2", "dynamic_image_size": True,
                      "use_thumbnail": True, "min_dynamic_patch": 1, "max_dynamic_patch": 12,
                      "pad2square": False, "use_backbone_lora": 0, "use_llm_lora": 0}
-DEFAULT_IMAGE_TOKEN_ID = {"qwen2": 151667, "internlm2": 92546}  # <IMG_CONTEXT> of the real tokenizers
 ORIGINAL_AUTO_MAP = {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
                      "AutoModel": "modeling_internvl_chat.InternVLChatModel",
                      "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel"}
 INTERN_VIT_AUTO_MAP = {"AutoConfig": "configuration_intern_vit.InternVisionConfig",
                        "AutoModel": "modeling_intern_vit.InternVisionModel"}
-INTERNLM2_AUTO_MAP = {"AutoConfig": "configuration_internlm2.InternLM2Config",
-                      "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
-                      "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}
-
 
 def _hf_rope(text: Mapping) -> tuple[float, dict | None]:
     """(rope_theta, scaling or None) from a text config in the transformers 4 or 5 spelling."""
@@ -373,31 +328,28 @@ def original_config_to_hf(original: Mapping, image_token_id: int | None = None) 
     if original.get("ps_version", "v1") != "v2":
         raise ValueError("transformers' InternVL implements pixel shuffle v2 only; "
                          f"this checkpoint uses {original.get('ps_version', 'v1')!r}")
-    arch, vision, llm = _lm_arch(original), original["vision_config"], original["llm_config"]
+    family, vision, llm = by_name(_lm_arch(original)), original["vision_config"], original["llm_config"]
     image_size = original.get("force_image_size") or vision["image_size"]
     patch = vision["patch_size"]
     vision_hf = {hf_key: vision[key] for key, hf_key in VISION_CONFIG_KEYS if key in vision}
     vision_hf.update(model_type="internvl_vision", image_size=[image_size, image_size],
                      patch_size=[patch, patch], use_absolute_position_embeddings=True, use_mean_pooling=True)
-    keys = SHARED_TEXT_KEYS + (QWEN2_ONLY_TEXT_KEYS if arch == "qwen2" else ())
-    text = {key: llm[key] for key in keys if key in llm}
-    text.update(model_type=HF_TEXT_MODEL_TYPES[arch], rope_theta=llm.get("rope_theta", 10000.0))
+    text = {key: llm[key] for key in SHARED_TEXT_KEYS + family.text_only_keys if key in llm}
+    text.update(model_type=family.hf_text_model_type, architectures=[family.hf_text_architecture],
+                rope_theta=llm.get("rope_theta", 10000.0))
     if llm.get("rope_scaling"):
         scaling = llm["rope_scaling"]
         text["rope_scaling"] = {"rope_type": scaling.get("rope_type", scaling.get("type")),
                                 "factor": scaling["factor"]}
-    if arch == "internlm2":
-        bias = llm.get("bias", True)
-        text.update(architectures=["LlamaForCausalLM"], attention_bias=bias, mlp_bias=False,
+    if family.original_bias_key:  # a Llama-form text config: bias, head size spelled out
+        text.update(attention_bias=llm.get(family.original_bias_key, True), mlp_bias=False,
                     head_dim=llm["hidden_size"] // llm["num_attention_heads"])
-    else:
-        text["architectures"] = ["Qwen2ForCausalLM"]
     ratio = original.get("downsample_ratio", 0.5)
     tie = bool(original.get("tie_word_embeddings", llm.get("tie_word_embeddings", False)))
     hf = {"architectures": ["InternVLForConditionalGeneration"], "model_type": "internvl",
           "vision_config": vision_hf, "text_config": text, "downsample_ratio": ratio,
           "image_seq_length": int((image_size // patch) ** 2 * ratio ** 2),
-          "image_token_id": DEFAULT_IMAGE_TOKEN_ID[arch] if image_token_id is None else image_token_id,
+          "image_token_id": family.image_token_id if image_token_id is None else image_token_id,
           "projector_hidden_act": "gelu", "vision_feature_layer": original.get("select_layer", -1),
           "vision_feature_select_strategy": "default", "tie_word_embeddings": tie}
     if original.get("torch_dtype"):
@@ -413,21 +365,23 @@ def hf_config_to_original(hf: Mapping, **original_fields) -> dict:
     """
     if hf.get("vision_feature_select_strategy", "default") != "default":
         raise ValueError("the original InternVL always drops the class token (strategy 'default')")
-    arch, vision, text = _lm_arch(hf), hf["vision_config"], hf["text_config"]
+    family, vision, text = by_name(_lm_arch(hf)), hf["vision_config"], hf["text_config"]
     image_size, patch = _side(vision["image_size"]), _side(vision["patch_size"])
     vision_orig = {key: vision[hf_key] for key, hf_key in VISION_CONFIG_KEYS if hf_key in vision}
     vision_orig.update(architectures=["InternVisionModel"], auto_map=dict(INTERN_VIT_AUTO_MAP),
                        model_type="intern_vit_6b", image_size=image_size, patch_size=patch,
                        drop_path_rate=0.0, use_flash_attn=False)
-    keys = SHARED_TEXT_KEYS + (QWEN2_ONLY_TEXT_KEYS if arch == "qwen2" else ())
-    llm = {key: text[key] for key in keys if key in text}
+    llm = {key: text[key] for key in SHARED_TEXT_KEYS + family.text_only_keys if key in text}
     theta, scaling = _hf_rope(text)
-    llm.update(architectures=[LM_ARCHS[arch]], model_type=arch, rope_theta=theta, rope_scaling=scaling)
-    if arch == "internlm2":
-        llm.update(auto_map=dict(INTERNLM2_AUTO_MAP), bias=bool(text.get("attention_bias", False)),
-                   attn_implementation="eager")
-    elif scaling is not None:
+    llm.update(architectures=[family.original_architecture], model_type=family.original_model_type,
+               rope_theta=theta, rope_scaling=scaling)
+    if family.original_auto_map:  # remote code reads rope_scaling["type"] only
+        llm["auto_map"] = dict(family.original_auto_map)
+    elif scaling is not None:  # transformers' own class reads "rope_type"
         llm["rope_scaling"] = {**scaling, "rope_type": scaling["type"]}
+    if family.original_bias_key:
+        llm[family.original_bias_key] = bool(text.get("attention_bias", False))
+    llm.update(family.extra)
     tie = bool(hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
     llm["tie_word_embeddings"] = tie
     original = {"architectures": ["InternVLChatModel"], "auto_map": dict(ORIGINAL_AUTO_MAP),

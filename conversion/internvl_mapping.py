@@ -14,7 +14,6 @@ Transforms are typed and exact (slicing and concatenation only):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -166,22 +165,6 @@ def expand(rows: list[Row], arch: InternVLArch) -> list[Row]:
             sub: Callable[[str], str] = lambda name, i=i: name.replace("*", str(i))  # noqa: E731
             out.append(Row(sub(row.megatron), tuple(sub(h) for h in row.hf), row.transform))
     return out
-
-
-_HF_PREFIXES = (
-    (re.compile(r"^model\.vision_tower\."), "vision_tower."),
-    (re.compile(r"^model\.multi_modal_projector\."), "multi_modal_projector."),
-    (re.compile(r"^model\.language_model\."), "language_model.model."),
-    (re.compile(r"^lm_head\."), "language_model.lm_head."),
-)
-
-
-def canonical_hf_name(name: str) -> str:
-    """Map the ``model.``-prefixed layout that recent transformers saves to the hub ``-hf`` layout."""
-    for pattern, replacement in _HF_PREFIXES:
-        if pattern.match(name):
-            return pattern.sub(replacement, name, count=1)
-    return name
 
 
 def expected_hf_shapes(arch: InternVLArch) -> dict[str, tuple[int, ...]]:

@@ -7,7 +7,8 @@ or replicated. ``shard`` cuts a full tensor into one rank's piece, ``gather`` gl
 pieces back; the pair is exact (no arithmetic, only slicing and concatenation).
 
 Pipeline stages hold a contiguous block of layers and use local layer indices in their keys;
-``stage_layers`` reproduces Megatron's even split, and ``to_local`` / ``to_global`` rename.
+``stage_sizes`` / ``stage_layers`` reproduce Megatron's placement (even, or uneven with given
+first/last stage counts) and are the one place that computes it; ``rename_layer`` renames.
 """
 
 from __future__ import annotations
@@ -101,12 +102,34 @@ def stored_once(name: str) -> bool:
     return name.startswith("vision.")
 
 
-def stage_layers(num_layers: int, pp: int, pp_rank: int) -> range:
-    """Global indices of the transformer layers held by pipeline stage ``pp_rank`` (even split)."""
-    if num_layers % pp:
-        raise ValueError(f"{num_layers} layers do not split evenly over PP={pp}")
-    per_stage = num_layers // pp
-    return range(pp_rank * per_stage, (pp_rank + 1) * per_stage)
+def stage_sizes(num_layers: int, pp: int, first: int | None = None, last: int | None = None) -> list[int]:
+    """Transformer layers per pipeline stage, as Megatron-Core places them.
+
+    Even by default; ``first`` / ``last`` set the first / last stage's count (Megatron's
+    ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``) and the middle
+    stages share the rest evenly. With one stage, it holds every layer (``first``/``last`` unused).
+    """
+    if pp == 1:
+        return [num_layers]
+    if (first is not None and first < 1) or (last is not None and last < 1):
+        raise ValueError(f"first/last stage layers must be >= 1 (got {first}, {last})")
+    rest = num_layers - (first or 0) - (last or 0)
+    middle = pp - (first is not None) - (last is not None)
+    if rest < 0 or (middle == 0 and rest != 0) or (middle > 0 and (rest == 0 or rest % middle)):
+        split = f"first={first} last={last}" if (first, last) != (None, None) else "an even split"
+        raise ValueError(f"{num_layers} language layers cannot be split over PP={pp} with {split} "
+                         f"({rest} layers left for {middle} middle stage(s), which must share them evenly)")
+    per_middle = rest // middle if middle else 0
+    return [first if first is not None else per_middle] + [per_middle] * (pp - 2) \
+        + [last if last is not None else per_middle]
+
+
+def stage_layers(num_layers: int, pp: int, pp_rank: int, first: int | None = None,
+                 last: int | None = None) -> range:
+    """Global indices of the transformer layers held by pipeline stage ``pp_rank``."""
+    sizes = stage_sizes(num_layers, pp, first, last)
+    start = sum(sizes[:pp_rank])
+    return range(start, start + sizes[pp_rank])
 
 
 _LAYER = re.compile(r"(decoder\.layers\.)(\d+)(\.)")
@@ -134,9 +157,10 @@ def on_stage(name: str, layers: range, pp_rank: int, pp: int) -> bool:
 
 
 def shard_state_dict(full: dict[str, torch.Tensor], *, tp_rank: int, tp: int, pp_rank: int, pp: int,
-                     num_layers: int, gated_mlp: bool) -> dict[str, torch.Tensor]:
+                     num_layers: int, gated_mlp: bool, first: int | None = None,
+                     last: int | None = None) -> dict[str, torch.Tensor]:
     """One (tp_rank, pp_rank)'s local state dict from a full TP=1 PP=1 GPTModel state dict."""
-    layers = stage_layers(num_layers, pp, pp_rank)
+    layers = stage_layers(num_layers, pp, pp_rank, first, last)
     local = {}
     for name, tensor in full.items():
         if not on_stage(name, layers, pp_rank, pp):

@@ -268,3 +268,143 @@ sophia_on_time_limit() {
   fi
   sophia_requeue
 }
+
+# ---- serving ----------------------------------------------------------------------------------
+
+# The served model's settings (launchers/serve.sh): the knobs, else the recipe's rollout.<ROLE> keys.
+sophia_serve_settings() {
+  local key values=() recipe_keys=()
+  local names=(model tp pp max_model_len dtype max_num_seqs gpu_memory_utilization trust_remote_code
+    enforce_eager seed)
+  if [[ -n ${ROLE:-} ]]; then
+    for key in "${names[@]}"; do recipe_keys+=("rollout.$ROLE.$key"); done
+    mapfile -t values < <(sophia_recipe_get "${recipe_keys[@]}")
+  fi
+  MODEL=${MODEL:-${values[0]:-}}
+  TP=${TP:-${values[1]:-1}}
+  PP=${PP:-${values[2]:-1}}
+  MAX_MODEL_LEN=${MAX_MODEL_LEN:-${values[3]:-}}
+  SERVE_DTYPE=${values[4]:-auto}
+  SERVE_MAX_NUM_SEQS=${values[5]:-}
+  SERVE_GPU_MEMORY=${values[6]:-}
+  SERVE_REMOTE_CODE=${values[7]:-False}
+  SERVE_EAGER=${values[8]:-False}
+  SERVE_SEED=${values[9]:-0}
+  [[ -n $MODEL ]] || sophia_die "no model to serve: set MODEL, or CONFIG and ROLE (rollout.<ROLE>.model)"
+  [[ $TP =~ ^[1-9][0-9]*$ && $PP =~ ^[1-9][0-9]*$ ]] || sophia_die "TP and PP must be positive (got '$TP', '$PP')"
+  local job=${SLURM_JOB_ID:-0}
+  PORT=${PORT:-$((8000 + job % 1000))}
+  RAY_PORT=${RAY_PORT:-$((6379 + job % 1000))}
+  if [[ -n ${SERVE_HOSTS:-} ]]; then
+    read -r -a SOPHIA_SERVE_HOSTS <<<"$SERVE_HOSTS"
+  elif [[ -n ${SLURM_JOB_NODELIST:-} ]]; then
+    mapfile -t SOPHIA_SERVE_HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+  else
+    SOPHIA_SERVE_HOSTS=("$(hostname)")
+  fi
+  SERVE_HEAD=${SOPHIA_SERVE_HOSTS[0]}
+}
+
+# The vLLM server command line for the settings above (multi-node: the Ray executor).
+sophia_serve_command() {
+  local cmd
+  read -r -a cmd <<<"${VLLM_CMD:-$PYTHON -m vllm.entrypoints.openai.api_server --model}"
+  cmd+=("$MODEL" --host 0.0.0.0 --port "$PORT" --tensor-parallel-size "$TP" --pipeline-parallel-size "$PP"
+    --dtype "$SERVE_DTYPE" --seed "$SERVE_SEED")
+  [[ -n $MAX_MODEL_LEN ]] && cmd+=(--max-model-len "$MAX_MODEL_LEN")
+  [[ -n $SERVE_MAX_NUM_SEQS ]] && cmd+=(--max-num-seqs "$SERVE_MAX_NUM_SEQS")
+  [[ -n $SERVE_GPU_MEMORY ]] && cmd+=(--gpu-memory-utilization "$SERVE_GPU_MEMORY")
+  [[ ${SERVE_REMOTE_CODE,,} == true ]] && cmd+=(--trust-remote-code)
+  [[ ${SERVE_EAGER,,} == true ]] && cmd+=(--enforce-eager)
+  ((${#SOPHIA_SERVE_HOSTS[@]} > 1)) && cmd+=(--distributed-executor-backend ray)
+  local extra
+  read -r -a extra <<<"${VLLM_ARGS:-}"
+  printf '%s\n' "${cmd[@]}" "${extra[@]}"
+}
+
+# 0 when URL answers 200 (curl, or Python's urllib where there is no curl).
+sophia_http_ok() {
+  if command -v curl >/dev/null; then
+    curl -sf -o /dev/null --max-time 5 "$1"
+  else
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1" 2>/dev/null
+  fi
+}
+
+# Start Ray across the allocation (head on the first node, one worker per other node) and wait until
+# every node has joined.
+sophia_ray_cluster() {
+  local count=${#SOPHIA_SERVE_HOSTS[@]} joined=0 deadline=$((SECONDS + 600))
+  local ray=${RAY_CMD:-ray} address=$SERVE_HEAD:$RAY_PORT
+  sophia_srun --overlap --nodes=1 --ntasks=1 -w "$SERVE_HEAD" -- "$ray" start --head --port="$RAY_PORT" --block &
+  sleep 10
+  sophia_srun --overlap --nodes=$((count - 1)) --ntasks=$((count - 1)) --exclude="$SERVE_HEAD" -- \
+    "$ray" start --address="$address" --block &
+  while ((joined < count)); do
+    ((SECONDS < deadline)) || sophia_die "only $joined of $count nodes joined the Ray cluster at $address"
+    sleep 5
+    joined=$(sophia_srun --overlap --nodes=1 --ntasks=1 -w "$SERVE_HEAD" -- "$ray" status --address="$address" \
+      2>/dev/null | grep -c ' node_' || true)
+  done
+  sophia_log "Ray cluster up: $count nodes, head $address"
+}
+
+sophia_serve_stop() {
+  trap - EXIT TERM INT USR1
+  [[ -n ${ENDPOINT_FILE:-} ]] && rm -f "$ENDPOINT_FILE"
+  if [[ -n ${SOPHIA_SERVER_PID:-} ]]; then
+    kill -TERM "$SOPHIA_SERVER_PID" 2>/dev/null || true
+    wait "$SOPHIA_SERVER_PID" 2>/dev/null || true
+  fi
+  if ((${#SOPHIA_SERVE_HOSTS[@]} > 1)); then
+    sophia_srun --overlap --nodes=${#SOPHIA_SERVE_HOSTS[@]} --ntasks=${#SOPHIA_SERVE_HOSTS[@]} -- \
+      "${RAY_CMD:-ray}" stop --force >/dev/null 2>&1 || true
+  fi
+  sophia_log "server stopped; removed ${ENDPOINT_FILE:-no endpoint file}"
+}
+
+# Serve MODEL until the job ends; ENDPOINT_FILE holds the URL while the server answers.
+sophia_serve() {
+  [[ -n ${ENDPOINT_FILE:-} ]] || sophia_die "ENDPOINT_FILE is required: where the rollout jobs read the URL"
+  local url=http://$SERVE_HEAD:$PORT server=() deadline=$((SECONDS + ${HEALTH_TIMEOUT_S:-3600}))
+  mapfile -t server < <(sophia_serve_command)
+  if ! command -v nvidia-smi >/dev/null; then
+    # vLLM on CPU: a KV cache of 10 % of the memory (1-8 GiB) instead of most of it.
+    local gib
+    gib=$(awk '/MemTotal/ {g = int($2 / 1048576 / 10); print (g < 1 ? 1 : (g > 8 ? 8 : g))}' /proc/meminfo)
+    export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-$gib}
+    # vLLM-CPU crashes when chunked prefill splits the prompt of a request with its own seed.
+    local budget=${MAX_MODEL_LEN:-8192}
+    server+=(--no-enable-chunked-prefill --max-num-batched-tokens $((budget > 8192 ? budget : 8192)))
+  fi
+  sophia_log "serving $MODEL on ${SOPHIA_SERVE_HOSTS[*]} (tp $TP, pp $PP) at $url -> $ENDPOINT_FILE"
+  if [[ ${DRY:-0} == 1 ]]; then
+    if ((${#SOPHIA_SERVE_HOSTS[@]} > 1)); then
+      printf 'ray-head %s: %s start --head --port=%s --block\n' "$SERVE_HEAD" "${RAY_CMD:-ray}" "$RAY_PORT"
+      printf 'ray-worker %s: %s start --address=%s:%s --block\n' "${SOPHIA_SERVE_HOSTS[*]:1}" "${RAY_CMD:-ray}" \
+        "$SERVE_HEAD" "$RAY_PORT"
+    fi
+    printf 'server %s: %s\n' "$SERVE_HEAD" "${server[*]}"
+    printf 'endpoint %s -> %s\n' "$url" "$ENDPOINT_FILE"
+    return 0
+  fi
+  rm -f "$ENDPOINT_FILE"  # a stale URL of an earlier server must not be read meanwhile
+  mkdir -p "$(dirname "$ENDPOINT_FILE")"
+  trap sophia_serve_stop EXIT
+  trap 'sophia_log "signalled: stopping the server"; exit 0' TERM INT USR1
+  ((${#SOPHIA_SERVE_HOSTS[@]} > 1)) && sophia_ray_cluster
+  sophia_srun --overlap --nodes=1 --ntasks=1 -w "$SERVE_HEAD" -- "${server[@]}" &
+  SOPHIA_SERVER_PID=$!
+  until sophia_http_ok "$url/health"; do
+    kill -0 "$SOPHIA_SERVER_PID" 2>/dev/null || sophia_die "the server exited while loading $MODEL (see above)"
+    ((SECONDS < deadline)) || sophia_die "no answer from $url/health within ${HEALTH_TIMEOUT_S:-3600} s"
+    sleep 5
+  done
+  printf '%s\n' "$url" >"$ENDPOINT_FILE.tmp"
+  mv "$ENDPOINT_FILE.tmp" "$ENDPOINT_FILE"
+  sophia_log "SOPHIA-SERVE-READY $url"
+  local rc=0
+  wait "$SOPHIA_SERVER_PID" || rc=$?
+  SOPHIA_SERVER_PID=
+  sophia_die "the server stopped by itself (exit $rc)"
+}

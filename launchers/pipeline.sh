@@ -37,6 +37,20 @@
 #   PIPELINE_STAGES   which stages to submit (default: all, in the order above)
 #   SBATCH_ARGS       extra sbatch options for every job, e.g. "--account=proj --qos=normal"
 #   DRY=1             print the commands instead of submitting
+#   SERVE=1           served reasoners: one launchers/serve.sh job per model of SERVED_ROLES (after the
+#                     caption array), the reason array (no GPUs) talking to them through their endpoint
+#                     files (engine openai), and a teardown job that cancels the servers when the
+#                     reason array has ended, however it ended:
+#
+#     caption[0..n-1] ─▶ serve-reasoner.easy ┐
+#                   ├──▶ serve-reasoner.hard ┼─(started)─▶ reason[0..n-1] ─▶ merge-pack ...
+#                   └────────────────────────┘                          └─▶ teardown (scancel)
+#
+#   SERVED_ROLES      engines to serve with SERVE=1 (default "reasoner.easy reasoner.hard"; a role whose
+#                     model is not set in ROLLOUT_CONFIG is skipped)
+#   GPUS_PER_NODE     GPUs of a node, to size each server: ceil(tp*pp / GPUS_PER_NODE) nodes (default 8)
+#   SERVE_SBATCH_ARGS extra sbatch options of the server jobs, e.g. "--time=48:00:00"
+#   REASON_SBATCH_ARGS extra sbatch options of the reason array (SERVE=1 default: --gpus-per-node=0)
 # and those of the launchers (PYTHON, CONTAINER_IMAGE, ...; launchers/common.sh), which every job
 # inherits from this shell. PYTHON must work here too: recipe values are read with it.
 set -euo pipefail
@@ -74,17 +88,24 @@ wanted() { local s; for s in "${stages[@]}"; do [[ $s == "$1" ]] && return 0; do
 
 declare -A JOB=()
 # submit STAGE "DEPENDENCY STAGES" VAR=VALUE... -- SBATCH OPTIONS AND SCRIPT...
+# A dependency is STAGE (afterok: it succeeded), after:STAGE (it started) or afterany:STAGE (it ended).
 # Dependencies on stages that were not submitted are dropped (those stages are taken as done).
 submit() {
-  local stage=$1 dep ids=() env=() cmd id
-  for dep in $2; do [[ -n ${JOB[$dep]:-} ]] && ids+=("${JOB[$dep]}"); done
+  local stage=$1 dep kind name ids=() env=() cmd id
+  declare -A by_kind=()
+  for dep in $2; do
+    kind=afterok name=$dep
+    if [[ $dep == *:* ]]; then kind=${dep%%:*} name=${dep#*:}; fi
+    [[ -n ${JOB[$name]:-} ]] && by_kind[$kind]+=:${JOB[$name]}
+  done
+  for kind in afterok after afterany; do [[ -n ${by_kind[$kind]:-} ]] && ids+=("$kind${by_kind[$kind]}"); done
   shift 2
   while [[ $1 != -- ]]; do env+=("$1"); shift; done
   shift
   # STAGES is the rollout launchers' knob: reset it so this shell's value cannot leak into a job.
   cmd=(env STAGES= "${env[@]}" sbatch --parsable --chdir="$SOPHIA_ROOT" "${sbatch_args[@]}")
   if ((${#ids[@]})); then
-    cmd+=("--dependency=afterok:$(IFS=:; echo "${ids[*]}")")
+    cmd+=("--dependency=$(IFS=,; echo "${ids[*]}")")
   fi
   cmd+=("$@")
   if [[ ${DRY:-0} == 1 ]]; then
@@ -130,8 +151,42 @@ array=--array=0-$((SHARDS - 1))
 if wanted caption; then
   submit caption "sft" "${rollout_env[@]}" -- "$array" launchers/rollout_caption.sh
 fi
+reason_deps=caption
+reason_args=()
+served=()
+if [[ ${SERVE:-0} == 1 ]] && wanted reason; then
+  read -r -a reason_args <<<"${REASON_SBATCH_ARGS:---gpus-per-node=0}"
+  read -r -a serve_args <<<"${SERVE_SBATCH_ARGS:-}"
+  for role in ${SERVED_ROLES:-reasoner.easy reasoner.hard}; do
+    {
+      read -r role_model
+      read -r role_tp
+      read -r role_pp
+    } < <(CONFIG=$ROLLOUT_CONFIG OVERRIDES=${ROLLOUT_OVERRIDES:-} sophia_recipe_get "rollout.$role.model" \
+            "rollout.$role.tp" "rollout.$role.pp")
+    [[ -n $role_model ]] || continue
+    gpus=$((${role_tp:-1} * ${role_pp:-1}))
+    per_node=${GPUS_PER_NODE:-8}
+    nodes=$(((gpus + per_node - 1) / per_node))
+    endpoint=$WORK/serve/$role.endpoint
+    submit "serve-$role" "caption" CONFIG="$ROLLOUT_CONFIG" OVERRIDES="${ROLLOUT_OVERRIDES:-}" ROLE="$role" \
+      ENDPOINT_FILE="$endpoint" -- --job-name="sophia-serve-$role" --nodes="$nodes" \
+      --gpus-per-node=$((gpus < per_node ? gpus : per_node)) "${serve_args[@]}" launchers/serve.sh
+    served+=("serve-$role")
+    reason_deps+=" after:serve-$role"
+    rollout_env[1]+=" rollout.$role.engine=openai rollout.$role.endpoint_file=$endpoint \
+rollout.$role.wait_for_server_s=${SERVE_WAIT_S:-7200}"
+  done
+  ((${#served[@]})) || sophia_die "SERVE=1 but no model set for any of: ${SERVED_ROLES:-reasoner.easy reasoner.hard}"
+fi
 if wanted reason; then
-  submit reason "caption" "${rollout_env[@]}" -- "$array" launchers/rollout_reason.sh
+  submit reason "$reason_deps" "${rollout_env[@]}" -- "$array" "${reason_args[@]}" launchers/rollout_reason.sh
+fi
+if ((${#served[@]})); then
+  servers=()
+  for stage in "${served[@]}"; do servers+=("${JOB[$stage]}"); done
+  submit teardown "afterany:reason" -- --job-name=sophia-teardown --nodes=1 --ntasks=1 --gpus-per-node=0 \
+    --time=00:10:00 --wrap="scancel ${servers[*]}"
 fi
 if wanted merge-pack; then
   submit merge-pack "reason" "${rollout_env[@]}" PACK_CONFIG="$CONFIG" -- launchers/rollout_merge_pack.sh

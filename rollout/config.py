@@ -1,15 +1,22 @@
 """The ``rollout:`` section of a recipe: typed settings of every rollout stage, validated at load.
 
 ``load_config(recipe, overrides)`` reads the YAML recipe, applies ``key=value`` overrides
-(``rollout.N=4`` or just ``N=4``) and builds ``RolloutConfig``; each bad key is one error that
-names it. Paths: inputs, models, ``store_dir`` and ``selected_out`` are used as given (relative
-to the working directory); prompt files are relative to the recipe file (``rollout.prompts``).
+(``rollout.N=4`` or just ``N=4``; lists as ``rollout.inputs=[a.jsonl,b.parquet]``) and builds
+``RolloutConfig``; each bad key is one error that names it.
+
+Paths: every relative path of the recipe (inputs, models, ``store_dir``, ``selected_out``, the
+prompt files) is relative to the directory the command runs in, whether it comes from the YAML
+file or from an override. The only exception are the default prompt files ``prompts/*.txt``:
+when such a file does not exist there, the one shipped in the repository's ``configs/prompts/``
+is read.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rollout.engines import EngineConfig
 from rollout.prompts import PromptsConfig
@@ -45,6 +52,9 @@ class ReasonerConfig:
 class VerifierConfig:
     timeout_s: float = doc("hard time limit of one symbolic check (seconds); a timeout scores 0", 5.0)
     workers: int = doc("verifier worker processes", 1)
+    unfinished_think: Literal["zero", "score"] = doc(
+        "a trajectory that opens a <think> block (itself, or through the reasoner's chat template) and "
+        "never closes it: 'zero' scores it 0 with reason unfinished_think; 'score' verifies it as is", "zero")
 
 
 @dataclass
@@ -59,23 +69,33 @@ class RolloutConfig:
     N: int = doc("trajectories per caption", 8)
     alpha: float = doc("caption-reward threshold of Eq. 6 (inclusive)", 0.75)
     keep_k: int = doc("trajectories kept per question: the k shortest eligible ones", 1)
-    ablation: Ablation = doc("none | random | no_caption_reward | no_shortest (DESIGN §1.1)", "none")
+    ablation: Ablation = doc("none | random | no_caption_reward | no_shortest (random: keep_k trajectories "
+                             "drawn among those that finished, rewards ignored)", "none")
     seed: int = doc("seed of the random ablations' draws", 0)
     verifier: VerifierConfig = doc("answer verification", default_factory=VerifierConfig)
     batch_size: int = doc("requests per engine call and per stored shard (images, captions, questions)", 64)
     selected_out: str = doc("export of the selected samples (.parquet or .jsonl); empty: "
                             "STORE_DIR/selected.parquet", "")
     prompts: PromptsConfig = doc("prompt files", default_factory=PromptsConfig)
+    namespace: str = doc("keep this run's tables apart from others in the same store: they go under "
+                         "STORE_DIR/namespaces/NAME (e.g. one namespace per policy round); empty: STORE_DIR", "")
 
     def __post_init__(self) -> None:
         if self.N < 1 or self.batch_size < 1:
             raise ValueError("N and batch_size must be >= 1")
         if not 0 <= self.alpha <= 1 or self.keep_k < 1:
             raise ValueError(f"need 0 <= alpha <= 1 and keep_k >= 1, got {self.alpha}, {self.keep_k}")
+        if self.namespace and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.namespace):
+            raise ValueError(f"namespace {self.namespace!r}: use letters, digits, '_', '.' and '-' only")
+
+    @property
+    def store_path(self) -> Path:
+        """Where this run's tables are: ``store_dir``, or its namespace inside it."""
+        return Path(self.store_dir) / "namespaces" / self.namespace if self.namespace else Path(self.store_dir)
 
     @property
     def selected_path(self) -> Path:
-        return Path(self.selected_out) if self.selected_out else Path(self.store_dir) / "selected.parquet"
+        return Path(self.selected_out) if self.selected_out else self.store_path / "selected.parquet"
 
 
 def _qualified(overrides: list[str]) -> list[str]:

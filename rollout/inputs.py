@@ -19,17 +19,24 @@ Why rejects instead of errors: one bad row in a million must not stop a multi-da
 must not vanish either; the stage writes the rejects to the store, where they are counted by
 reason. A file that cannot be read at all is different: that is a ``UserError`` naming it.
 
-Ids must be unique over all files read together. An id that occurs more than once is rejected
-as a whole (``duplicate_id``, one record): the store keys everything by id, and picking one of
-the copies would be arbitrary. Sharding (``--shard i/n``) keeps only the rows, and reports only
-the rejects, whose id the shard owns; duplicates are still found over all rows, and images
-are decoded only for the shard's rows.
+Ids must be unique over all files read together: an id that occurs more than once is an error
+(``UserError`` naming the ids and where they occur), since the store keys everything by id and
+picking one of the copies would be arbitrary. Sharding (``--shard i/n``) keeps only the rows, and
+reports only the rejects, whose id the shard owns; duplicates are still found over all rows, and
+images are decoded only for the shard's rows. A JSONL line that is not UTF-8 is an error naming
+the file and the line.
+
+Every row (and every reject) carries ``content_hash``: a sha256 of the row's fields, of image
+bytes held in the row, and of the size and modification time of an image file it names. The
+store keys rejects by it, so a row fixed after a rejection (a repaired image, an added answer) is
+examined again by the next run.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 from collections import Counter
@@ -70,6 +77,8 @@ class InputRow:
     difficulty: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     """The ``extra_columns`` asked for, as read (absent columns are absent here)."""
+    content_hash: str = field(default="", compare=False)
+    """sha256 of the row's content (see the module docstring); rejects of this row are keyed by it."""
 
     def image_bytes(self) -> bytes:
         """The encoded image (read from disk when the row holds a path)."""
@@ -87,6 +96,12 @@ class Inputs:
 
     def reject_counts(self) -> dict[str, int]:
         return dict(Counter(record["reason"] for record in self.rejects).most_common())
+
+    def content_hashes(self) -> dict[str, str]:
+        """id -> content hash of every usable row and of every rejected row with an id."""
+        hashes = {record["id"]: record["input_hash"] for record in self.rejects}
+        hashes.update((row.id, row.content_hash) for row in self.rows)
+        return hashes
 
 
 class _Rejected(Exception):
@@ -127,29 +142,68 @@ def read_inputs(paths: str | Path | Sequence[str | Path], shard: Shard | None = 
                 placeholder = f"<{location}>"  # no usable id: name the row so the reject is traceable
                 if shard.owns(placeholder):
                     result.rejects.append(reject_record(placeholder, INPUT_STAGE, rejected.reason,
-                                                        f"{location}: {rejected.detail}"))
+                                                        f"{location}: {rejected.detail}",
+                                                        input_hash=content_hash(record or problem, None)))
                 continue
             locations.setdefault(item_id, []).append(location)
             if shard.owns(item_id):
                 owned.append((item_id, location, record, file.absolute().parent))
-    reported: set[str] = set()
+    _refuse_duplicates(locations)
     for item_id, location, record, base_dir in owned:
-        if len(locations[item_id]) > 1:
-            if item_id not in reported:
-                reported.add(item_id)
-                result.rejects.append(_duplicate_reject(item_id, locations[item_id]))
-            continue
+        row_hash = content_hash(record, base_dir)
         try:
-            result.rows.append(_validated_row(item_id, record, base_dir, rules))
+            result.rows.append(_validated_row(item_id, record, base_dir, rules, row_hash))
         except _Rejected as rejected:
             result.rejects.append(reject_record(item_id, INPUT_STAGE, rejected.reason,
-                                                f"{location}: {rejected.detail}"))
+                                                f"{location}: {rejected.detail}", input_hash=row_hash))
     return result
 
 
-def _duplicate_reject(item_id: str, where: list[str]) -> dict[str, Any]:
-    shown = ", ".join(where[:_DUPLICATES_SHOWN]) + (" …" if len(where) > _DUPLICATES_SHOWN else "")
-    return reject_record(item_id, INPUT_STAGE, DUPLICATE_ID, f"id occurs {len(where)} times: {shown}")
+def _refuse_duplicates(locations: dict[str, list[str]]) -> None:
+    repeated = {item_id: where for item_id, where in locations.items() if len(where) > 1}
+    if not repeated:
+        return
+    shown = "; ".join(f"{item_id!r} at {', '.join(where[:_DUPLICATES_SHOWN])}"
+                      for item_id, where in list(repeated.items())[:_DUPLICATES_SHOWN])
+    more = f" (and {len(repeated) - _DUPLICATES_SHOWN} more)" if len(repeated) > _DUPLICATES_SHOWN else ""
+    raise UserError(f"{len(repeated)} id(s) occur more than once in the input: {shown}{more}. Every row "
+                    f"needs its own id (results are stored by id): remove the repeated rows, or make the "
+                    f"ids unique, e.g. by prefixing them with their file or source")
+
+
+def content_hash(record: Any, base_dir: Path | None) -> str:
+    """sha256 of an input row: its fields, image bytes, and size + mtime of an image file it names."""
+    digest = hashlib.sha256()
+
+    def add(value: Any) -> None:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            digest.update(b"b" + hashlib.sha256(bytes(value)).digest())
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=str):
+                digest.update(json.dumps(str(key)).encode())
+                add(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                add(item)
+            digest.update(b"]")
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+
+    add(record)
+    image = record.get("image") if isinstance(record, dict) else None
+    if isinstance(image, dict):
+        image = image.get("path") if not image.get("bytes") else None
+    if isinstance(image, str) and image.strip() and base_dir is not None:
+        path = Path(image) if Path(image).is_absolute() else base_dir / image
+        try:
+            stat = path.stat()
+            digest.update(f"file:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        except OSError:
+            digest.update(b"file:absent")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -174,8 +228,14 @@ def _records(file: Path, require: frozenset[str]) -> Iterator[tuple[str, dict[st
 
 def _jsonl_records(file: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
     try:
-        with open(file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
+        with open(file, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise UserError(f"rollout input {file}, line {number}: not UTF-8 (byte "
+                                    f"{raw[exc.start]:#04x} at column {exc.start + 1}); save the file as "
+                                    f"UTF-8") from exc
                 if not line.strip():
                     continue
                 try:
@@ -187,7 +247,7 @@ def _jsonl_records(file: Path) -> Iterator[tuple[str, dict[str, Any] | None, str
                     yield f"line {number}", record, ""
                 else:
                     yield f"line {number}", None, f"not a JSON object but {type(record).__name__}"
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UserError(f"cannot read rollout input {file}: {exc}") from exc
 
 
@@ -225,7 +285,8 @@ def _item_id(record: dict[str, Any] | None, problem: str) -> str:
     return item_id
 
 
-def _validated_row(item_id: str, record: dict[str, Any], base_dir: Path, rules: _RowRules) -> InputRow:
+def _validated_row(item_id: str, record: dict[str, Any], base_dir: Path, rules: _RowRules,
+                   row_hash: str) -> InputRow:
     question = record.get("question")
     if not isinstance(question, str) or not question.strip():
         raise _Rejected(EMPTY_QUESTION, f"question is {question!r}")
@@ -241,7 +302,8 @@ def _validated_row(item_id: str, record: dict[str, Any], base_dir: Path, rules: 
     difficulty = record.get("difficulty")
     extra = {name: record[name] for name in rules.extra_columns if name in record}
     return InputRow(id=item_id, question=question, answer=str(answer), source=str(record.get("source") or ""),
-                    image=image, difficulty=None if difficulty is None else str(difficulty), extra=extra)
+                    image=image, difficulty=None if difficulty is None else str(difficulty), extra=extra,
+                    content_hash=row_hash)
 
 
 def _image_of(record: dict[str, Any], base_dir: Path, required: bool = True) -> Path | bytes | None:

@@ -20,8 +20,12 @@ is stored twice and that every input id is stored or rejected. A sharded ``selec
 export, since it sees only its own questions: run ``select`` once unsharded on the complete store
 (it decides nothing again, and exports).
 
-Paths: inputs, models, ``store_dir`` and ``selected_out`` are used as given (relative to the
-working directory); prompt files are relative to the recipe file (``rollout.prompts``).
+Paths: every relative path of the recipe (inputs, models, ``store_dir``, ``selected_out``, prompt
+files) is relative to the working directory, from the YAML file and from overrides alike; a
+default prompt file ``prompts/*.txt`` that is not there is read from the shipped ``configs/prompts``.
+
+Output: each command prints its results (one JSON line per stage) on stdout and everything else
+(its own log lines, vLLM's logs, progress) on stderr, so ``> results.jsonl`` keeps only results.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,11 +57,34 @@ from rollout.stages import (
     score_stage,
     select_stage,
 )
-from rollout.store import Store, merge
+from rollout.store import Store, reject_summary
+from sophia_common.atomic import atomic_path
 from sophia_common.cli import UserError
-from sophia_common.log import get_logger
+from sophia_common.config import OVERRIDES_HELP
+from sophia_common.log import get_logger, results_stdout
 
-log = get_logger("rollout.pipeline")
+log = get_logger("sophia.rollout.pipeline")
+
+STAGE_HELP = {
+    "caption": "Caption step: the policy InternVL (rollout.captioner) writes K captions of every input image, "
+               "without seeing the question. Adds to the store's captions table; stored or rejected keys are "
+               "skipped, transient failures retried.",
+    "reason": "Reasoning step: the reasoning LLM (rollout.reasoner.easy, or .hard for hard questions) answers "
+              "each question N times from each caption, as if it saw the image. Needs the captions of "
+              "`sophia-rollout caption`; adds to the trajectories table.",
+    "score": "Scoring step: verifies the final answer of every trajectory against the gold answer (reward 0 "
+             "or 1; cut-off or unfinished thinking scores 0) and gives each caption the mean reward of its "
+             "trajectories. Needs `sophia-rollout reason`; adds to the scores table.",
+    "select": "Selection step: per question, keeps the keep_k shortest correct trajectories of captions whose "
+              "reward reaches alpha (or an ablation), and exports them for `sophia-rollout pack` to "
+              "rollout.selected_out. Needs `sophia-rollout score`.",
+    "run": "All four steps in order on this shard: caption -> reason -> score -> select.",
+    "stats": "Counts, pass rates, caption rewards, rejects and length histograms of a store: stats.json "
+             "and lengths.png.",
+    "merge": "Join the stores of array-job tasks into one, checking that no key is stored twice, that every "
+             "table was made by the same models and settings, and (with --config) that every input id is "
+             "stored or rejected.",
+}
 
 
 def open_run(config: RolloutConfig, recipe: str | Path | None, shard: Shard, *,
@@ -65,11 +92,14 @@ def open_run(config: RolloutConfig, recipe: str | Path | None, shard: Shard, *,
     """The prompts, the store (writer tag: the shard) and this shard's inputs, read once."""
     from rollout.inputs import read_inputs
 
-    prompts = Prompts.load(config.prompts, Path(recipe).parent if recipe else None)
+    prompts = Prompts.load(config.prompts)
     inputs = read_inputs(config.inputs, shard=shard, check_images=False, extra_columns=("choices",))
-    store = Store(config.store_dir, writer=shard.tag)
+    store = Store(config.store_path, writer=shard.tag)
     log.info("rollout shard %s: %d usable input rows, %d input rejects; store %s", shard, len(inputs.rows),
-             len(inputs.rejects), config.store_dir)
+             len(inputs.rejects), config.store_path)
+    if inputs.rejects:
+        log.warning("%d input row(s) rejected (recorded in %s/rejects; fix them and rerun to use them):\n%s",
+                    len(inputs.rejects), config.store_path, "\n".join(reject_summary(inputs.rejects)))
     return RolloutRun(config, prompts, store, shard, inputs, engine_factory)
 
 
@@ -87,15 +117,11 @@ def export_selected(store: Store, path: Path) -> int:
     records = [{**{name: row[name] for name in _RECORD_COLUMNS}, "id": f"{row['id']}/k{row['k']}n{row['n']}",
                 "question_id": row["id"], "k": row["k"], "n": row["n"], "image": row["image"],
                 "image_path": row["image_path"]} for row in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        _write_jsonl(records, temp)
-    elif path.suffix.lower() in (".parquet", ".pq"):
-        _write_parquet(records, temp)
-    else:
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".parquet", ".pq"):
         raise UserError(f"rollout.selected_out: {path} must end in .parquet or .jsonl")
-    os.replace(temp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temp:
+        (_write_jsonl if path.suffix.lower() in (".jsonl", ".ndjson") else _write_parquet)(records, temp)
     return len(records)
 
 
@@ -144,10 +170,17 @@ class Invocation:
 
 
 def _parse(stage: str, argv: list[str], extra: Any = None) -> Invocation:
-    parser = argparse.ArgumentParser(prog=f"sophia-rollout {stage}", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=stage != "merge", help="recipe YAML with a rollout: section")
-    parser.add_argument("--shard", default="0/1", help="process the inputs task i of n owns (0-based), e.g. 3/8")
-    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. rollout.N=4 (or N=4)")
+    parser = argparse.ArgumentParser(
+        prog=f"sophia-rollout {stage}", description=STAGE_HELP[stage],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=OVERRIDES_HELP.format(example="rollout.N=4 N=4 rollout.inputs=[a.jsonl,b.parquet]")
+        + "\nResults go to stdout (one JSON line per stage), logs and progress to stderr.")
+    parser.add_argument("--config", type=Path, required=stage != "merge",
+                        help="recipe YAML with a rollout: section" + (" (required)" if stage != "merge" else ""))
+    parser.add_argument("--shard", default="0/1", help="process the inputs task i of n owns (0-based), e.g. 3/8 "
+                        "(default: 0/1, every input)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="recipe overrides, e.g. rollout.N=4 (or N=4); lists as rollout.inputs=[a,b]")
     if extra:
         extra(parser)
     args = parser.parse_intermixed_args(argv)
@@ -155,9 +188,12 @@ def _parse(stage: str, argv: list[str], extra: Any = None) -> Invocation:
     return Invocation(config, args.config, Shard.parse(args.shard), args)  # type: ignore[arg-type]
 
 
-def _report(reports: list[StageReport]) -> int:
-    for report in reports:
-        print(json.dumps(report.to_json(), sort_keys=True))
+def _run_command(stage: str, names: list[str], argv: list[str]) -> int:
+    """Parse, run ``names`` and print one JSON line per stage on stdout (everything else on stderr)."""
+    invocation = _parse(stage, argv)
+    with results_stdout() as results:
+        for report in run_stages(names, invocation):
+            print(json.dumps(report.to_json(), sort_keys=True), file=results)
     return 0
 
 
@@ -177,6 +213,9 @@ def run_stages(names: list[str], invocation: Invocation, *,
     for name in names:
         report = stages[name](run)
         log.info("%s: %s", name, json.dumps(report.to_json(), sort_keys=True))
+        if report.rejected:
+            log.warning("%s: %d item(s) rejected this run, by reason: %s (`sophia-rollout stats` lists them)",
+                        name, report.rejected, run.store.reject_counts(name))
         if name == "select":
             _export_unless_sharded(run, report)
         reports.append(report)
@@ -194,23 +233,23 @@ def _export_unless_sharded(run: RolloutRun, report: StageReport) -> None:
 
 
 def caption_main(argv: list[str]) -> int:
-    return _report(run_stages(["caption"], _parse("caption", argv)))
+    return _run_command("caption", ["caption"], argv)
 
 
 def reason_main(argv: list[str]) -> int:
-    return _report(run_stages(["reason"], _parse("reason", argv)))
+    return _run_command("reason", ["reason"], argv)
 
 
 def score_main(argv: list[str]) -> int:
-    return _report(run_stages(["score"], _parse("score", argv)))
+    return _run_command("score", ["score"], argv)
 
 
 def select_main(argv: list[str]) -> int:
-    return _report(run_stages(["select"], _parse("select", argv)))
+    return _run_command("select", ["select"], argv)
 
 
 def run_main(argv: list[str]) -> int:
-    return _report(run_stages(["caption", "reason", "score", "select"], _parse("run", argv)))
+    return _run_command("run", ["caption", "reason", "score", "select"], argv)
 
 
 def stats_main(argv: list[str]) -> int:
@@ -219,14 +258,16 @@ def stats_main(argv: list[str]) -> int:
     invocation = _parse("stats", argv, lambda parser: parser.add_argument(
         "--out", type=Path, help="directory for stats.json and lengths.png (default: the store)"))
     config = invocation.config
-    report = write_stats(config, invocation.args.out or Path(config.store_dir))
-    print(json.dumps(report, sort_keys=True))
+    with results_stdout() as results:
+        report = write_stats(config, invocation.args.out or config.store_path)
+        print(json.dumps(report, sort_keys=True), file=results)
     return 0
 
 
 def merge_main(argv: list[str]) -> int:
     """Join array tasks' stores; with ``--config``, every input id must be stored or rejected."""
     from rollout.inputs import read_inputs
+    from rollout.merge import merge
 
     def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--sources", nargs="+", type=Path, required=True, help="the tasks' store dirs")
@@ -242,5 +283,5 @@ def merge_main(argv: list[str]) -> int:
     complete = [name for name in (CAPTIONS, TRAJECTORIES, SCORES, DECISIONS) if name in names]
     report = merge(args.sources, args.dest, expected_ids=expected, complete_tables=complete)
     print(json.dumps({"dest": str(args.dest), "rows": report.rows, "shards": report.shards,
-                      "rejects": report.reject_counts}, sort_keys=True))
+                      "rejects": report.reject_counts}, sort_keys=True), file=sys.stdout)
     return 0

@@ -1,8 +1,9 @@
 """The rollout's prompts: the caption prompt x_d and the simulated-seeing prompt x̂(q, c) (DESIGN §1.1).
 
-What: ``Prompts.load(config, recipe_dir)`` reads the four prompt files a recipe names
-(``rollout.prompts``; paths relative to the recipe file's directory, defaults in
-``configs/prompts/``) and builds the chat messages of the two generating stages:
+What: ``Prompts.load(config)`` reads the four prompt files a recipe names (``rollout.prompts``;
+relative paths are relative to the working directory, like every path of a recipe; a default
+``prompts/*.txt`` that is not there is read from the shipped ``configs/prompts/``) and builds the
+chat messages of the two generating stages:
 
 * ``caption_messages()`` — the policy InternVL's user turn for captioning. The question is never
   shown, so a caption cannot leak the answer; the engine puts the image before the text. No
@@ -36,7 +37,7 @@ _IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
 
 @dataclass
 class PromptsConfig:
-    """Prompt files; relative paths are read from the recipe file's directory."""
+    """Prompt files; relative paths are read from the working directory (defaults: the shipped ones)."""
 
     caption: str = doc("caption prompt x_d: describe the image exhaustively, answer nothing",
                        "prompts/caption.txt")
@@ -47,13 +48,14 @@ class PromptsConfig:
     default_system: str = doc("system prompt of responses without a think block", "prompts/default_system.txt")
 
 
-def resolve_prompt_path(value: str, recipe_dir: Path | None) -> Path:
-    """A prompt file: absolute as given; else relative to the recipe's dir; a default path that is
-    absent there (a recipe outside ``configs/``) comes from the repository's ``configs/prompts``."""
+def resolve_prompt_path(value: str, base_dir: Path | None = None) -> Path:
+    """A prompt file: absolute as given; else relative to ``base_dir`` (default: the working directory,
+    the rule of every recipe path); a ``prompts/...`` path absent there comes from the repository's
+    ``configs/prompts`` (the shipped defaults)."""
     path = Path(value)
     if path.is_absolute():
         return path
-    candidate = (recipe_dir or Path.cwd()) / path
+    candidate = (base_dir or Path.cwd()) / path
     if not candidate.is_file() and path.parts[:1] == ("prompts",):
         shipped = DEFAULT_PROMPT_DIR / Path(*path.parts[1:])
         if shipped.is_file():
@@ -86,8 +88,8 @@ class Prompts:
                                 f"(found {count})")
 
     @classmethod
-    def load(cls, config: PromptsConfig, recipe_dir: Path | None) -> Prompts:
-        texts = {key: _read(resolve_prompt_path(getattr(config, key), recipe_dir), key)
+    def load(cls, config: PromptsConfig, base_dir: Path | None = None) -> Prompts:
+        texts = {key: _read(resolve_prompt_path(getattr(config, key), base_dir), key)
                  for key in ("caption", "simulated_seeing", "slow_thinking_system", "default_system")}
         return cls(**texts)
 
@@ -102,6 +104,35 @@ class Prompts:
                          lambda match: caption.strip() if match.group() == CAPTION_PLACEHOLDER else question,
                          self.simulated_seeing)
         return ({"role": "user", "content": content},)
+
+
+_GENERATION_PROMPT = re.compile(r"add_generation_prompt.{0,200}?%\}(?P<body>.{0,200}?)\{%", re.DOTALL)
+
+
+def chat_template_opens_think(model: str) -> bool:
+    """Whether a local checkpoint's chat template ends its generation prompt with ``<think>``.
+
+    QwQ and DeepSeek-R1 do: their completions start inside the think block and only close it.
+    Read from ``tokenizer_config.json`` (or ``chat_template.jinja``) without running the template;
+    False for a hub id or a checkpoint without a template.
+    """
+    if not model or not Path(model).is_dir():
+        return False
+    directory = Path(model)
+    template = ""
+    if (directory / "chat_template.jinja").is_file():
+        template = (directory / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
+    elif (directory / "tokenizer_config.json").is_file():
+        import json
+
+        try:
+            config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        template = config.get("chat_template") or ""
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
+            template = next((t.get("template", "") for t in template if t.get("name") == "default"), "")
+    return any(THINK_OPEN in match.group("body") for match in _GENERATION_PROMPT.finditer(template))
 
 
 def as_thinking_response(text: str) -> str:

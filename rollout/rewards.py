@@ -9,7 +9,9 @@
 
 Ablations (``SelectionSettings.ablation``):
 
-* ``random`` — ``keep_k`` trajectories of the pair drawn at random, rewards ignored (weight 1);
+* ``random`` — ``keep_k`` trajectories of the pair drawn at random, rewards ignored (weight 1),
+  among those that finished: a trajectory cut at the token limit (``finish_reason = length``)
+  or one whose think block never closed is not a trajectory to imitate, so it is not drawn;
 * ``no_caption_reward`` — α = 0: every correct trajectory is eligible, whatever its caption;
 * ``no_shortest`` — ``keep_k`` eligible trajectories drawn at random instead of the shortest.
 
@@ -42,6 +44,10 @@ class ScoredTrajectory:
     correct: bool
     caption_reward: float
     num_tokens: int
+    truncated: bool = False
+    """Cut at the token limit (``finish_reason = length``)."""
+    unfinished: bool = False
+    """Opened a think block and never closed it (scored ``unfinished_think``)."""
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -106,7 +112,8 @@ def select_for_question(trajectories: Sequence[ScoredTrajectory],
     if len({trajectory.id for trajectory in trajectories}) != 1:
         raise ValueError("select_for_question takes the trajectories of one question")
     if settings.ablation == "random":
-        return _draw(list(trajectories), settings.keep_k, settings)
+        finished = [t for t in trajectories if not (t.truncated or t.unfinished)]
+        return _draw(finished, settings.keep_k, settings) if finished else []
     eligible = [trajectory for trajectory in trajectories if is_eligible(trajectory, settings)]
     if not eligible:
         return []

@@ -22,7 +22,19 @@ caption becomes a row of the rejects table with its reason (stage ``caption`` ke
 ``reason`` keyed (id, k, n)); input rows that cannot be used are rejected by ``read_inputs``.
 A failure of a whole engine call is retried request by request, so one bad request cannot take
 its batch down with it. Truncated captions are kept (flagged ``finish_reason = length``) and
-reasoned on: their caption reward decides whether they are worth anything.
+reasoned on: their caption reward decides whether they are worth anything. A rerun retries
+transient failures (engine errors, timeouts) and examines again rows rejected before whose input
+row has changed since (rejects are keyed by the input row's content hash).
+
+Provenance (``rollout.provenance``): every stage checks that the tables it reads and writes were
+made by this run's models and settings (weights fingerprint, prompts, sampling, K, N, the
+verification and selection settings, the upstream table) and refuses, naming what changed, when
+they were not; a stage whose input table was never written (``reason`` before ``caption``) is an
+error that says which stage to run first.
+
+Unfinished thinking: a trajectory that opens a ``<think>`` block, itself or through the reasoner's
+chat template (QwQ, DeepSeek-R1), and never closes it scores 0 with reason ``unfinished_think``
+(``rollout.verifier.unfinished_think: zero``, the default; ``score`` verifies it as it is).
 """
 
 from __future__ import annotations
@@ -46,10 +58,17 @@ from rollout.engines import (
     SamplingParams,
 )
 from rollout.inputs import InputRow, Inputs
-from rollout.prompts import Prompts, as_thinking_response
+from rollout.prompts import THINK_CLOSE, THINK_OPEN, Prompts, as_thinking_response, chat_template_opens_think
+from rollout.provenance import (
+    caption_provenance,
+    mismatch_hint,
+    reason_provenance,
+    score_provenance,
+    select_provenance,
+)
 from rollout.rewards import ScoredTrajectory, SelectionSettings, select_for_question
 from rollout.sharding import Shard
-from rollout.store import Store, reject_record
+from rollout.store import Store, Table, reject_record
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger
 
@@ -60,7 +79,7 @@ CAPTION, REASON, SCORE, SELECT = "caption", "reason", "score", "select"
 CAPTIONS, TRAJECTORIES, SCORES, SELECTED, DECISIONS = "captions", "trajectories", "scores", "selected", "decisions"
 TRAJECTORY_KEYS = ("id", "k", "n")
 EMPTY_CAPTION = "empty_caption"
-SETTING_COLUMNS = ("alpha", "keep_k", "ablation", "seed")
+UNFINISHED_THINK = "unfinished_think"
 
 SCHEMAS: dict[str, pa.Schema] = {
     CAPTIONS: pa.schema([("id", pa.string()), ("k", pa.int64()), ("text", pa.string()),
@@ -85,7 +104,7 @@ KEY_COLUMNS_OF = {CAPTIONS: ("id", "k"), TRAJECTORIES: TRAJECTORY_KEYS, SCORES: 
 
 EngineFactory = Callable[..., Engine]
 T = TypeVar("T")
-log = get_logger("rollout.stages")
+log = get_logger("sophia.rollout.stages")
 
 
 @dataclass
@@ -101,6 +120,48 @@ class RolloutRun:
 
     def rows_by_id(self) -> dict[str, InputRow]:
         return {row.id: row for row in self.inputs.rows}
+
+    def input_hashes(self) -> dict[str, str]:
+        return self.inputs.content_hashes()
+
+    def expected_provenance(self, table: str) -> dict[str, Any]:
+        """What ``table``'s record must say for this run (upstream tables as recorded in the store)."""
+        config, recorded = self.config, lambda name: self.store.table(name, KEY_COLUMNS_OF[name]).provenance
+        if table == CAPTIONS:
+            return caption_provenance(config, self.prompts.caption)
+        if table == TRAJECTORIES:
+            return reason_provenance(config, self.prompts.simulated_seeing, recorded(CAPTIONS))
+        if table == SCORES:
+            return score_provenance(config, recorded(TRAJECTORIES))
+        return select_provenance(config, recorded(SCORES))
+
+    def checked_table(self, table: str, *, write: bool) -> Table:
+        """``table``, after checking its provenance against this run's (recorded first when ``write``)."""
+        return self.store.check_provenance(table, self.expected_provenance(table), record=write,
+                                           key_columns=KEY_COLUMNS_OF[table],
+                                           hint=mismatch_hint(self.config.store_dir))
+
+    def input_table(self, table: str, producer: str, counts: Sequence[str] = ()) -> Table:
+        """The table a stage reads: an error saying to run ``producer`` first when it never ran here.
+
+        Its settings were checked by the stage that wrote it, and the reading stage's own table records
+        its digest; here only the ``counts`` the reader relies on ("K" captions per image, "N"
+        trajectories per caption) must agree with what the store was made with.
+        """
+        stored = self.store.table(table, KEY_COLUMNS_OF[table])
+        if stored.provenance is None and not stored.shard_paths() and self.inputs.rows:
+            raise UserError(f"no {table} in {self.store.root}: the {producer} stage has not run on this store "
+                            f"yet. Run `sophia-rollout {producer} --config RECIPE` (or `sophia-rollout run`, "
+                            f"which runs every stage in order) first")
+        for upstream, name, wanted in ((CAPTIONS, "K", self.config.captioner.K), (TRAJECTORIES, "N", self.config.N)):
+            if name not in counts:
+                continue
+            recorded = (self.store.table(upstream, KEY_COLUMNS_OF[upstream]).provenance or {}).get(name, wanted)
+            if recorded != wanted:
+                raise UserError(f"table {upstream!r} in {self.store.root} was made with {name}: recorded "
+                                f"{recorded}, now {wanted}; set {name} back to {recorded}, or: "
+                                + mismatch_hint(self.config.store_dir))
+        return stored
 
 
 @dataclass
@@ -185,9 +246,9 @@ def _log_progress(stage: str, done: int, total: int, started: float) -> None:
 def caption_stage(run: RolloutRun) -> StageReport:
     """K captions per image by the policy InternVL, the question never shown."""
     started, config = time.perf_counter(), run.config.captioner
+    captions = run.checked_table(CAPTIONS, write=True)
     run.store.write_rejects(run.inputs.rejects, skip_existing=True)
-    captions = run.store.table(CAPTIONS)
-    done = captions.existing_keys() | run.store.rejected_keys(CAPTION, ("id", "k"))
+    done = captions.existing_keys() | run.store.rejected_keys(CAPTION, ("id", "k"), run.input_hashes())
     todo = [(row, [k for k in range(config.K) if (row.id, k) not in done]) for row in run.inputs.rows]
     todo = [(row, missing) for row, missing in todo if missing]
     report = StageReport(CAPTION, wanted=len(run.inputs.rows) * config.K)
@@ -200,7 +261,7 @@ def caption_stage(run: RolloutRun) -> StageReport:
                 outputs = generate_with_counts(engine, requests, [len(m) for _, m in batch], config)
                 rows, rejects = _caption_records(batch, outputs)
                 captions.write(as_arrow(rows, CAPTIONS))
-                run.store.write_rejects(rejects)
+                run.store.write_rejects(rejects, skip_existing=True)
                 report.written, report.rejected = report.written + len(rows), report.rejected + len(rejects)
                 _log_progress(CAPTION, min((finished + 1) * run.config.batch_size, len(todo)), len(todo), started)
     report.seconds = time.perf_counter() - started
@@ -212,7 +273,8 @@ def _caption_records(batch: Sequence[tuple[InputRow, list[int]]],
     rows, rejects = [], []
     for (row, missing), output in zip(batch, outputs, strict=True):
         if isinstance(output, Failure):
-            rejects += [reject_record(row.id, CAPTION, output.reason, output.detail, k=k) for k in missing]
+            rejects += [reject_record(row.id, CAPTION, output.reason, output.detail, k=k,
+                                      input_hash=row.content_hash) for k in missing]
             continue
         rows += [{"id": row.id, "k": k, "text": completion.text, "num_tokens": completion.num_tokens,
                   "finish_reason": completion.finish_reason} for k, completion in zip(missing, output, strict=True)]
@@ -233,8 +295,9 @@ class _CaptionWork:
 def reason_stage(run: RolloutRun) -> StageReport:
     """N trajectories per caption by the reasoning LLM(s), from the simulated-seeing prompt."""
     started, rows_by_id = time.perf_counter(), run.rows_by_id()
-    trajectories = run.store.table(TRAJECTORIES)
-    done = trajectories.existing_keys() | run.store.rejected_keys(REASON, TRAJECTORY_KEYS)
+    run.input_table(CAPTIONS, CAPTION)
+    trajectories = run.checked_table(TRAJECTORIES, write=True)
+    done = trajectories.existing_keys() | run.store.rejected_keys(REASON, TRAJECTORY_KEYS, run.input_hashes())
     captions = read_rows(run.store, CAPTIONS, ["id", "k", "text"])
     captions = sorted((c for c in captions if c["id"] in rows_by_id), key=lambda c: (c["id"], c["k"]))
     work = [_CaptionWork(rows_by_id[c["id"]], c["k"], c["text"],
@@ -244,9 +307,9 @@ def reason_stage(run: RolloutRun) -> StageReport:
     work = [item for item in work if item.missing]
     empty = [item for item in work if not item.caption.strip()]
     if empty:
-        rejects = [reject_record(item.row.id, REASON, EMPTY_CAPTION, "the caption is empty", k=item.k, n=n)
-                   for item in empty for n in item.missing]
-        run.store.write_rejects(rejects)
+        rejects = [reject_record(item.row.id, REASON, EMPTY_CAPTION, "the caption is empty", k=item.k, n=n,
+                                 input_hash=item.row.content_hash) for item in empty for n in item.missing]
+        run.store.write_rejects(rejects, skip_existing=True)
         report.rejected += len(rejects)
     for route, config in _routes(run):
         routed = [item for item in work if item.caption.strip() and _route_of(run, item.row) == route]
@@ -277,14 +340,14 @@ def _reason_with(run: RolloutRun, engine: Engine, config: EngineConfig, route: s
         rows, rejects = [], []
         for item, output in zip(batch, outputs, strict=True):
             if isinstance(output, Failure):
-                rejects += [reject_record(item.row.id, REASON, output.reason, output.detail, k=item.k, n=n)
-                            for n in item.missing]
+                rejects += [reject_record(item.row.id, REASON, output.reason, output.detail, k=item.k, n=n,
+                                          input_hash=item.row.content_hash) for n in item.missing]
                 continue
             rows += [{"id": item.row.id, "k": item.k, "n": n, "text": completion.text,
                       "num_tokens": completion.num_tokens, "finish_reason": completion.finish_reason,
                       "route": route} for n, completion in zip(item.missing, output, strict=True)]
         table.write(as_arrow(rows, TRAJECTORIES))
-        run.store.write_rejects(rejects)
+        run.store.write_rejects(rejects, skip_existing=True)
         report.written, report.rejected = report.written + len(rows), report.rejected + len(rejects)
         _log_progress(f"{REASON}.{route}", min((finished + 1) * run.config.batch_size, len(work)), len(work),
                       started)
@@ -298,9 +361,10 @@ def score_stage(run: RolloutRun) -> StageReport:
     from rollout.verifier import VerifierPool
 
     started, rows_by_id = time.perf_counter(), run.rows_by_id()
-    scores = run.store.table(SCORES)
+    run.input_table(TRAJECTORIES, REASON)
+    scores = run.checked_table(SCORES, write=True)
     scored = scores.existing_keys()
-    columns = ["id", "k", "n", "text", "num_tokens", "finish_reason"]
+    columns = ["id", "k", "n", "text", "num_tokens", "finish_reason", "route"]
     by_caption: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for trajectory in read_rows(run.store, TRAJECTORIES, columns):
         if trajectory["id"] in rows_by_id:
@@ -311,9 +375,12 @@ def score_stage(run: RolloutRun) -> StageReport:
     report.already_done = report.wanted - sum(len(by_caption[caption]) for caption in pending)
     if pending:
         verifier = run.config.verifier
+        opens_think = {route: config is not None and chat_template_opens_think(config.model)
+                       for route, config in _routes(run)}
         with VerifierPool(workers=verifier.workers, timeout_s=verifier.timeout_s) as pool:
             for batch in chunks(pending, run.config.batch_size):
-                rows = _score_captions([by_caption[caption] for caption in batch], rows_by_id, pool)
+                rows = _score_captions([by_caption[caption] for caption in batch], rows_by_id, pool,
+                                       _ThinkRule(verifier.unfinished_think, opens_think))
                 rows = [row for row in rows if (row["id"], row["k"], row["n"]) not in scored]
                 scores.write(as_arrow(rows, SCORES))
                 report.written += len(rows)
@@ -321,11 +388,30 @@ def score_stage(run: RolloutRun) -> StageReport:
     return report
 
 
-def _score_captions(groups: list[list[dict]], rows_by_id: dict[str, InputRow], pool: Any) -> list[dict]:
+@dataclass(frozen=True)
+class _ThinkRule:
+    """How an unclosed think block is scored: ``mode`` zero | score; which routes' templates open one."""
+
+    mode: str
+    opens_think: dict[str, bool]
+
+    def response(self, trajectory: dict) -> str:
+        """The text to verify: the template's opening tag restored, or (``score``) an unclosed one dropped."""
+        text = trajectory["text"]
+        if THINK_CLOSE in text:
+            return text
+        if self.mode == "score":
+            return text.replace(THINK_OPEN, "", 1)
+        opened = self.opens_think.get(trajectory.get("route") or "easy", False)
+        return text if THINK_OPEN in text or not opened else f"{THINK_OPEN}\n{text}"
+
+
+def _score_captions(groups: list[list[dict]], rows_by_id: dict[str, InputRow], pool: Any,
+                    think: _ThinkRule) -> list[dict]:
     from rollout.rewards import caption_reward
 
     flat = [trajectory for group in groups for trajectory in group]
-    items = [{"response": t["text"], "answer": rows_by_id[t["id"]].answer,
+    items = [{"response": think.response(t), "answer": rows_by_id[t["id"]].answer,
               "choices": rows_by_id[t["id"]].extra.get("choices"),
               "truncated": t["finish_reason"] == FINISH_LENGTH} for t in flat]
     results = iter(pool.verify_batch(items))
@@ -347,29 +433,18 @@ def selection_settings(config: RolloutConfig) -> SelectionSettings:
     return SelectionSettings(alpha=config.alpha, keep_k=config.keep_k, ablation=config.ablation, seed=config.seed)
 
 
-def _check_settings(decisions: Any, settings: SelectionSettings) -> None:
-    if not decisions.shard_paths():
-        return
-    stored = {tuple(row[name] for name in SETTING_COLUMNS)
-              for row in decisions.read(list(SETTING_COLUMNS)).to_pylist()}
-    wanted = (settings.alpha, settings.keep_k, settings.ablation, settings.seed)
-    if stored - {wanted}:
-        raise UserError(f"this store's selection was made with (alpha, keep_k, ablation, seed) in {sorted(stored)}, "
-                        f"not {wanted}; select into a fresh store_dir (or remove its '{SELECTED}' and "
-                        f"'{DECISIONS}' tables) to change them")
-
-
 def select_stage(run: RolloutRun) -> StageReport:
     """Eq. 6 per question: weight 1 for the Keep-k shortest correct trajectories of good captions."""
     started, rows_by_id, settings = time.perf_counter(), run.rows_by_id(), selection_settings(run.config)
-    decisions = run.store.table(DECISIONS, ("id",))
-    selected = run.store.table(SELECTED, TRAJECTORY_KEYS)
-    _check_settings(decisions, settings)
+    run.input_table(SCORES, SCORE, counts=("K", "N"))
+    decisions = run.checked_table(DECISIONS, write=True)
+    selected = run.checked_table(SELECTED, write=True)
     by_question: dict[str, list[ScoredTrajectory]] = defaultdict(list)
-    columns = ["id", "k", "n", "correct", "caption_reward", "num_tokens"]
+    columns = ["id", "k", "n", "correct", "caption_reward", "num_tokens", "truncated", "reason"]
     for score in read_rows(run.store, SCORES, columns):
         if score["id"] in rows_by_id:
-            by_question[score["id"]].append(ScoredTrajectory(**score))
+            unfinished = score.pop("reason") == UNFINISHED_THINK
+            by_question[score["id"]].append(ScoredTrajectory(**score, unfinished=unfinished))
     decided = {key[0] for key in decisions.existing_keys()}
     undecided = [item_id for item_id in rows_by_id if item_id in by_question and item_id not in decided]
     complete = _complete_questions(run, by_question)
@@ -401,9 +476,10 @@ def _complete_questions(run: RolloutRun, by_question: dict[str, list[ScoredTraje
     for item_id, k in run.store.table(CAPTIONS).existing_keys():
         stored[item_id].add(k)
     rejected: dict[str, set[int]] = defaultdict(set)
-    for item_id, k in run.store.rejected_keys(CAPTION, ("id", "k")):
+    hashes = run.input_hashes()
+    for item_id, k in run.store.rejected_keys(CAPTION, ("id", "k"), hashes):
         rejected[item_id].add(k)
-    settled = run.store.rejected_keys(REASON, TRAJECTORY_KEYS) | {t.key for group in by_question.values()
+    settled = run.store.rejected_keys(REASON, TRAJECTORY_KEYS, hashes) | {t.key for group in by_question.values()
                                                                    for t in group}
     all_captions, all_samples = set(range(run.config.captioner.K)), range(run.config.N)
     return {item_id for item_id in by_question

@@ -10,7 +10,8 @@ inputs, and reports
 * ``question_pass_rate`` — per question, the share of its trajectories that are correct (histogram
   in tenths), and ``share_of_questions_selected`` (questions with a selected trajectory / decided);
 * ``verifier_reasons`` — why trajectories scored 0 or 1 (mismatch, truncated, no_answer, ...);
-* ``rejects`` — rejected items per stage and reason;
+* ``rejects`` — rejected items per stage and reason, as they stand: a transient failure since
+  retried successfully, and a reject of an input row that has changed since, are not counted;
 * ``lengths`` — token-count summaries of captions, trajectories and selected trajectories.
 
 ``write_stats(config, out_dir)`` writes ``stats.json`` and ``lengths.png`` (matplotlib, Agg
@@ -23,13 +24,13 @@ whether the reasoner is cut off (truncations), and how much data selection will 
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rollout.stages import CAPTIONS, DECISIONS, SCORES, SELECTED, TRAJECTORIES, read_rows
-from rollout.store import Store
+from rollout.stages import CAPTION, CAPTIONS, DECISIONS, REASON, SCORES, SELECTED, TRAJECTORIES, read_rows
+from rollout.store import TRANSIENT_REASONS, Store
+from sophia_common.atomic import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
     from rollout.config import RolloutConfig
@@ -50,13 +51,22 @@ def length_summary(lengths: list[int]) -> dict[str, Any]:
             "p90": quantile(0.9), "max": ordered[-1]}
 
 
-def _rejects(store: Store) -> dict[str, dict[str, int]]:
+def _rejects(store: Store, input_hashes: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Rejects per stage and reason that still stand (see the module docstring)."""
     if not store.rejects.shard_paths():
         return {}
-    table = store.rejects.read(["stage", "reason"]).to_pydict()
+    rows = store.rejects.read(["stage", "reason", "id", "k", "n", "input_hash"]).to_pylist()
+    stored = {CAPTION: {(row["id"], row["k"]) for row in read_rows(store, CAPTIONS, ["id", "k"])},
+              REASON: {(row["id"], row["k"], row["n"]) for row in read_rows(store, TRAJECTORIES, ["id", "k", "n"])}}
+    rows = [row for row in rows if row["id"] not in input_hashes or input_hashes[row["id"]] == row["input_hash"]]
+    final = {(row["stage"], row["id"], row["k"], row["n"]) for row in rows if row["reason"] not in TRANSIENT_REASONS}
     grouped: dict[str, Counter] = defaultdict(Counter)
-    for stage, reason in zip(table["stage"], table["reason"]):
-        grouped[stage][reason] += 1
+    for row in rows:  # rows of input rows that changed since are gone: they are examined again
+        key = (row["id"], row["k"]) if row["stage"] == CAPTION else (row["id"], row["k"], row["n"])
+        if row["reason"] in TRANSIENT_REASONS and (key in stored.get(row["stage"], ())
+                                                   or (row["stage"], row["id"], row["k"], row["n"]) in final):
+            continue  # retried since, and stored or rejected for good
+        grouped[row["stage"]][row["reason"]] += 1
     return {stage: dict(counts.most_common()) for stage, counts in sorted(grouped.items())}
 
 
@@ -88,7 +98,7 @@ def rollout_stats(config: RolloutConfig) -> tuple[dict[str, Any], dict[str, list
     """The report (see the module docstring) and the raw lengths for plotting."""
     from rollout.inputs import read_inputs
 
-    store = Store(config.store_dir, writer="stats")
+    store = Store(config.store_path, writer="stats")
     inputs = read_inputs(config.inputs, check_images=False)
     captions = read_rows(store, CAPTIONS, ["id", "k", "num_tokens", "finish_reason"])
     trajectories = read_rows(store, TRAJECTORIES, ["id", "num_tokens", "finish_reason"])
@@ -99,7 +109,7 @@ def rollout_stats(config: RolloutConfig) -> tuple[dict[str, Any], dict[str, list
                "trajectories": [row["num_tokens"] for row in trajectories],
                "selected": [row["num_tokens"] for row in selected]}
     report = {
-        "store_dir": str(config.store_dir),
+        "store_dir": str(config.store_path),
         "counts": {"input_rows": len(inputs.rows), "input_rejects": len(inputs.rejects),
                    "captions": len(captions), "captions_truncated": _truncated(captions),
                    "trajectories": len(trajectories), "trajectories_truncated": _truncated(trajectories),
@@ -108,7 +118,7 @@ def rollout_stats(config: RolloutConfig) -> tuple[dict[str, Any], dict[str, list
         "caption_rewards": _caption_reward_section(scores, config.alpha),
         "question_pass_rate": _question_section(scores, decisions),
         "verifier_reasons": dict(Counter(row["reason"] for row in scores).most_common()),
-        "rejects": _rejects(store),
+        "rejects": _rejects(store, inputs.content_hashes()),
         "lengths": {name: length_summary(values) for name, values in lengths.items()},
         "selection": {"alpha": config.alpha, "keep_k": config.keep_k, "ablation": config.ablation},
     }
@@ -136,10 +146,9 @@ def plot_lengths(lengths: dict[str, list[int]], path: Path) -> None:
         axis.set_xlabel("tokens")
         axis.set_ylabel("count")
     figure.tight_layout()
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    figure.savefig(temp, dpi=100)
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=100, format="png")
     plt.close(figure)
-    os.replace(temp, path)
 
 
 def write_stats(config: RolloutConfig, out_dir: Path) -> dict[str, Any]:
@@ -148,8 +157,6 @@ def write_stats(config: RolloutConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     report["files"] = {"json": str(out_dir / STATS_NAME), "png": str(out_dir / PLOT_NAME)}
     plot_lengths(lengths, out_dir / PLOT_NAME)
-    temp = out_dir / f".{STATS_NAME}.tmp-{os.getpid()}"
-    temp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    os.replace(temp, out_dir / STATS_NAME)
+    write_text_atomic(out_dir / STATS_NAME, json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
 

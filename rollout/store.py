@@ -4,53 +4,63 @@ What: ``Store(root)`` holds tables such as ``captions/`` (keyed by ``id, k``), `
 and ``scores/`` (``id, k, n``) and ``rejects/`` (``stage, id, k, n``). A table is a directory of
 immutable parquet shards plus ``_table.json`` (its key columns). ``Table.write(rows)`` adds one
 shard and refuses any key the table already holds; ``existing_keys()`` tells a restarted stage
-what to skip; ``merge()`` joins the stores of SLURM array tasks into one, checking that no key
-is duplicated and, given the input ids, that none is missing.
+what to skip; ``rollout.merge`` joins the stores of SLURM array tasks into one.
 
 Why: rollout runs for days on preemptible nodes. A stage that writes one shard per batch and
 skips stored keys on restart loses at most one batch to a crash and never computes or stores
 a key twice. Crash safety comes from the write protocol, not from cleanup: a shard is written
-to a hidden temporary name (``.tmp-…``) in the same directory, fsynced, then ``os.replace``-d
-to ``part-<writer>-<seq>-<uuid>.parquet``; readers list only ``part-*.parquet``. So ``kill -9``
-at any instant leaves either a complete shard or an ignored temp file, which the next open by
-the same writer (or any open, once it is an hour old) deletes.
+to a hidden temporary name (``.part-….parquet.tmp-<pid>``, ``sophia_common.atomic``) in the same
+directory, fsynced, then renamed to ``part-<writer>-<seq>-<uuid>.parquet``; readers list only
+``part-*.parquet``. So ``kill -9`` at any instant leaves either a complete shard or an ignored
+temp file, which the next open by the same writer (or any open, once it is an hour old) deletes.
+
+Provenance: ``_table.json`` also records what made a table's rows (the model and a fingerprint
+of its weights, the prompt, the sampling settings, K, N, the upstream table's provenance; see
+``rollout.provenance``). ``Store.check_provenance`` refuses to add to (or read from) a table made
+under other settings, with one line per setting that changed, so a rerun with another model
+never reuses the old model's rows as its own.
+
+Rejects: the rejects table is keyed (stage, id, k, n, input_hash, reason). ``input_hash`` is the
+content hash of the input row (``rollout.inputs``), so a fixed row is examined again; transient
+failures (``TRANSIENT_REASONS``: engine errors, timeouts) are recorded but never skipped, so the
+next run retries them (a retry that fails for good adds its own row, with its own reason).
 
 How a stage uses it::
 
     store = Store(out_dir / "store", writer=shard.tag)      # one writer tag per live process
     captions = store.table("captions")                       # keys (id, k)
-    done = captions.existing_keys() | store.rejected_keys("caption", ("id", "k"))
+    done = captions.existing_keys() | store.rejected_keys("caption", ("id", "k"), hashes)
     for batch in batches(key for key in wanted if key not in done):
         rows, rejects = caption_batch(batch)                 # rejects: reject_record(...) dicts
         store.write_rejects(rejects)
         captions.write(rows)
 
 Concurrent writers may share a table only with disjoint keys and distinct writer tags (array
-tasks writing into one store); otherwise give each task its own store and ``merge`` them.
+tasks writing into one store); otherwise give each task its own store and merge them (``rollout.merge``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rollout.provenance import provenance_changes
+from sophia_common.atomic import TEMP_MARK, atomic_path, write_text_atomic
 from sophia_common.cli import UserError
 
 SHARD_PREFIX = "part-"
 SHARD_SUFFIX = ".parquet"
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = "." + SHARD_PREFIX
+"""Temporaries are ``.part-<writer>-….parquet.tmp-<pid>`` (``sophia_common.atomic.atomic_path``)."""
 TABLE_META = "_table.json"
 STALE_TEMP_SECONDS = 3600
 """A temp file this old belongs to a dead writer (a shard write takes seconds), whoever wrote it."""
@@ -60,7 +70,7 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "captions": ("id", "k"),
     "trajectories": ("id", "k", "n"),
     "scores": ("id", "k", "n"),
-    REJECTS: ("stage", "id", "k", "n"),
+    REJECTS: ("stage", "id", "k", "n", "input_hash", "reason"),
 }
 """Default key columns of the tables every rollout run has; other tables name theirs when opened."""
 
@@ -71,7 +81,10 @@ REJECT_SCHEMA = pa.schema([
     pa.field("detail", pa.string()),
     pa.field("k", pa.int64()),
     pa.field("n", pa.int64()),
+    pa.field("input_hash", pa.string(), nullable=False),
 ])
+TRANSIENT_REASONS = frozenset({"engine_error", "timeout"})
+"""Reject reasons that say nothing about the row: stored and counted, but retried by the next run."""
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.]+$")
 _SHOWN = 5  # offending keys quoted in an error message
@@ -82,9 +95,25 @@ class StoreError(UserError):
 
 
 def reject_record(item_id: str, stage: str, reason: str, detail: str = "", k: int | None = None,
-                  n: int | None = None) -> dict[str, Any]:
-    """One row of the rejects table: an item that could not be processed, and why."""
-    return {"id": item_id, "stage": stage, "reason": reason, "detail": detail, "k": k, "n": n}
+                  n: int | None = None, input_hash: str = "") -> dict[str, Any]:
+    """One row of the rejects table: an item that could not be processed, and why.
+
+    ``input_hash``: the content hash of the input row it came from (``InputRow.content_hash``), so
+    that the rejection is examined again once the row changes."""
+    return {"id": item_id, "stage": stage, "reason": reason, "detail": detail, "k": k, "n": n,
+            "input_hash": input_hash}
+
+
+def reject_summary(records: Sequence[Mapping[str, Any]], examples: int = 3) -> list[str]:
+    """One console line per reason, most frequent first: count and the first ``examples`` rows."""
+    by_reason: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        by_reason.setdefault(record["reason"], []).append(record)
+    lines = []
+    for reason, group in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        shown = "; ".join(f"{r['id']}: {r.get('detail') or reason}"[:200] for r in group[:examples])
+        lines.append(f"  {reason}: {len(group)}, e.g. {shown}" + (" ..." if len(group) > examples else ""))
+    return lines
 
 
 def _quote(keys: Iterable[Any]) -> str:
@@ -93,32 +122,33 @@ def _quote(keys: Iterable[Any]) -> str:
     return shown + (f" … ({len(keys)} in all)" if len(keys) > _SHOWN else "")
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a rename is durable once its directory is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_meta(directory: Path) -> tuple[str, ...] | None:
+def _read_meta_file(directory: Path) -> dict[str, Any] | None:
     path = directory / TABLE_META
     if not path.is_file():
         return None
     try:
-        return tuple(json.loads(path.read_text())["key_columns"])
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        tuple(meta["key_columns"])
+        return meta
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"unreadable table description {path}: {exc}") from exc
 
 
-def _write_meta(directory: Path, name: str, key_columns: Sequence[str]) -> None:
-    if (directory / TABLE_META).is_file():
+def _read_meta(directory: Path) -> tuple[str, ...] | None:
+    meta = _read_meta_file(directory)
+    return None if meta is None else tuple(meta["key_columns"])
+
+
+def _write_meta(directory: Path, name: str, key_columns: Sequence[str],
+                provenance: Mapping[str, Any] | None = None) -> None:
+    """Describe a table once; a description is rewritten only to record provenance it lacked."""
+    meta = _read_meta_file(directory)
+    if meta is not None and (provenance is None or meta.get("provenance") == provenance):
         return
     directory.mkdir(parents=True, exist_ok=True)
-    temp = directory / f"{TEMP_PREFIX}meta-{uuid.uuid4().hex[:12]}.json"
-    temp.write_text(json.dumps({"table": name, "key_columns": list(key_columns), "format": 1}) + "\n")
-    os.replace(temp, directory / TABLE_META)
+    meta = {"table": name, "key_columns": list(key_columns), "format": 1,
+            **({"provenance": dict(provenance)} if provenance is not None else {})}
+    write_text_atomic(directory / TABLE_META, json.dumps(meta, sort_keys=True, indent=1) + "\n")
 
 
 class Table:
@@ -144,6 +174,15 @@ class Table:
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, keys={self.key_columns}, dir={str(self.directory)!r})"
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        """What made this table's rows, as recorded in ``_table.json`` (None: nothing recorded)."""
+        meta = _read_meta_file(self.directory)
+        return None if meta is None else meta.get("provenance")
+
+    def record_provenance(self, provenance: Mapping[str, Any]) -> None:
+        _write_meta(self.directory, self.name, self.key_columns, provenance)
 
     def shard_paths(self) -> list[Path]:
         """Complete shards, sorted by name; temp files are never listed."""
@@ -282,17 +321,8 @@ class Table:
         self._seq = max(self._seq, len(self._scanned))
         unique = uuid.uuid4().hex[:12]
         final = self.directory / f"{SHARD_PREFIX}{self._writer}-{self._seq:06d}-{unique}{SHARD_SUFFIX}"
-        temp = self.directory / f"{TEMP_PREFIX}{self._writer}-{unique}{SHARD_SUFFIX}"
-        try:
-            with open(temp, "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, final)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_path(self.directory)
+        with atomic_path(final) as temp, open(temp, "wb") as handle:
+            pq.write_table(table, handle)
         self._seq += 1
         if self._schema is None:
             self._schema = table.schema
@@ -303,7 +333,7 @@ class Table:
         if not self.directory.is_dir():
             return
         own = f"{TEMP_PREFIX}{self._writer}-"
-        for path in self.directory.glob(f"{TEMP_PREFIX}*"):
+        for path in self.directory.glob(f".*{TEMP_MARK}*"):
             try:
                 if path.name.startswith(own) or time.time() - path.stat().st_mtime > STALE_TEMP_SECONDS:
                     path.unlink()
@@ -342,6 +372,32 @@ class Store:
             raise StoreError(f"table {name!r} is open with keys {self._tables[name].key_columns}, not {keys}")
         return self._tables[name]
 
+    def check_provenance(self, name: str, expected: Mapping[str, Any], *, record: bool,
+                         key_columns: Sequence[str] | None = None, hint: str = "") -> Table:
+        """Refuse table ``name`` unless it was made under ``expected``; return it.
+
+        A table without rows gets ``expected`` recorded when ``record`` (the stage about to write
+        it), whatever a run that stored nothing recorded before. A table whose record differs, or that has rows and no record,
+        is a ``StoreError`` naming the table and each setting that changed; ``hint`` says what to
+        do instead (e.g. another store directory).
+        """
+        table = self.table(name, key_columns)
+        recorded = table.provenance
+        if record and recorded is not None and recorded != expected and not table.shard_paths():
+            recorded = None  # recorded by a run that stored nothing: there is nothing to protect
+        if recorded is None:
+            if table.shard_paths():
+                raise StoreError(f"table {name!r} in {self.root} has rows but no record of the model and "
+                                 f"settings that made them, so they cannot be checked against this run. {hint}")
+            if record:
+                table.record_provenance(expected)
+            return table
+        changes = provenance_changes(recorded, expected)
+        if changes:
+            raise StoreError(f"table {name!r} in {self.root} was made under other settings than this run's:\n  "
+                             + "\n  ".join(changes) + (f"\n{hint}" if hint else ""))
+        return table
+
     def table_names(self) -> list[str]:
         """Tables that exist on disk (their description is written before their first shard)."""
         if not self.root.is_dir():
@@ -364,137 +420,23 @@ class Store:
                          if stage is None or row_stage == stage)
         return dict(counts.most_common())
 
-    def rejected_keys(self, stage: str, key_columns: Sequence[str] = ("id",)) -> set[tuple]:
-        """Keys (``key_columns`` of the rejects table) that ``stage`` rejected: skip them on restart."""
-        table = self.rejects.read(["stage", *key_columns]).to_pydict()
-        return {tuple(table[name][row] for name in key_columns)
-                for row, row_stage in enumerate(table["stage"]) if row_stage == stage}
+    def rejected_keys(self, stage: str, key_columns: Sequence[str] = ("id",),
+                      input_hashes: Mapping[str, str] | None = None) -> set[tuple]:
+        """Keys (``key_columns`` of the rejects table) that ``stage`` rejected for good: skip them on restart.
 
-
-@dataclass(frozen=True)
-class MergeReport:
-    """What ``merge`` put into the destination: keys and shards per table, rejects per reason."""
-
-    rows: dict[str, int]
-    shards: dict[str, int]
-    reject_counts: dict[str, int]
-
-
-def merge(sources: Sequence[str | Path], dest: str | Path, *, expected_ids: Iterable[str] | None = None,
-          complete_tables: Sequence[str] | None = None) -> MergeReport:
-    """Join the stores of array tasks into ``dest`` (shards are hard-linked, or copied across devices).
-
-    Checks first, then copies, so a failed merge leaves ``dest`` as it was: no key may be in
-    two sources; with ``expected_ids``, every id must have a row in each of ``complete_tables``
-    (default: every table found but rejects) or be in the rejects table. Rerunning an
-    interrupted merge into the same ``dest`` finishes it.
-    """
-    source_paths = [Path(source) for source in sources]
-    dest = Path(dest)
-    _check_sources(source_paths, dest)
-    stores = [Store(path, writer="merge") for path in source_paths]
-    names = sorted({name for store in stores for name in store.table_names()})
-    opened: dict[str, list[tuple[Path, Table]]] = {}
-    problems: list[str] = []
-    for name in names:
-        opened[name] = [(store.root, store.table(name)) for store in stores if name in store.table_names()]
-        problems += _key_problems(name, opened[name])
-        problems += _dest_problems(name, opened[name], dest / name)
-    if expected_ids is not None and not problems:
-        problems += _missing_id_problems(opened, set(expected_ids), complete_tables)
-    if problems:
-        raise StoreError("cannot merge " + ", ".join(map(str, source_paths)) + f" into {dest}:\n"
-                         + "\n".join(problems))
-    rows, shards = {}, {}
-    for name, tables in opened.items():
-        _write_meta(dest / name, name, tables[0][1].key_columns)
-        copied = [_link_shard(path, dest / name / path.name) for _, table in tables
-                  for path in table.shard_paths()]
-        fsync_path(dest / name)
-        rows[name] = sum(len(table) for _, table in tables)
-        shards[name] = len(copied)
-    if names:
-        fsync_path(dest)
-    return MergeReport(rows=rows, shards=shards, reject_counts=Store(dest, writer="merge").reject_counts())
-
-
-def _check_sources(sources: Sequence[Path], dest: Path) -> None:
-    missing = [str(source) for source in sources if not source.is_dir()]
-    if not sources or missing:
-        raise StoreError(f"source store(s) {', '.join(missing)} do not exist" if missing else "no sources")
-    resolved = [source.resolve() for source in sources]
-    if len(set(resolved)) != len(sources) or dest.resolve() in resolved:
-        raise StoreError(f"merge sources must be distinct stores other than the destination {dest}")
-
-
-def _key_problems(name: str, tables: list[tuple[Path, Table]]) -> list[str]:
-    key_columns = {table.key_columns for _, table in tables}
-    if len(key_columns) > 1:
-        return [f"table {name!r} has different key columns in different sources: {sorted(key_columns)}"]
-    owner: dict[tuple, Path] = {}
-    repeated: list[str] = []
-    for root, table in tables:
-        for key in table.existing_keys():
-            if key in owner:
-                repeated.append(f"{key!r} in {owner[key]} and {root}")
-            else:
-                owner[key] = root
-    if not repeated:
-        return []
-    return [f"table {name!r}: {len(repeated)} key(s) in more than one source: "
-            + "; ".join(sorted(repeated)[:_SHOWN])]
-
-
-def _dest_problems(name: str, tables: list[tuple[Path, Table]], dest_dir: Path) -> list[str]:
-    # Shard names embed a uuid, so two sources share one only by holding a copy of the same
-    # shard, which the duplicate-key check already refuses.
-    shard_names = {path.name for _, table in tables for path in table.shard_paths()}
-    problems = []
-    recorded = _read_meta(dest_dir)
-    if recorded and recorded != tables[0][1].key_columns:
-        problems.append(f"table {name!r}: {dest_dir} is keyed by {recorded}, the sources by "
-                        f"{tables[0][1].key_columns}")
-    if dest_dir.is_dir():
-        foreign = sorted({path.name for path in dest_dir.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}")}
-                         - shard_names)
-        if foreign:
-            problems.append(f"table {name!r}: {dest_dir} already holds shards that are not from these "
-                            f"sources: {_quote(foreign)}")
-    return problems
-
-
-def _missing_id_problems(opened: dict[str, list[tuple[Path, Table]]], expected: set[str],
-                         complete_tables: Sequence[str] | None) -> list[str]:
-    def ids_in(name: str) -> set[str]:
-        found: set[str] = set()
-        for _, table in opened.get(name, []):
-            if "id" not in table.key_columns:
-                raise StoreError(f"table {name!r} has no 'id' key column, so ids cannot be checked in it")
-            position = table.key_columns.index("id")
-            found |= {key[position] for key in table.existing_keys()}
-        return found
-
-    rejected = ids_in(REJECTS)
-    check = list(complete_tables) if complete_tables is not None else [n for n in opened if n != REJECTS]
-    problems = []
-    for name in check or [REJECTS]:
-        missing = sorted(expected - ids_in(name) - rejected)
-        if missing:
-            problems.append(f"table {name!r}: {len(missing)} expected id(s) neither stored nor rejected: "
-                            f"{_quote(missing)}")
-    return problems
-
-
-def _link_shard(source: Path, target: Path) -> Path:
-    """Put an immutable shard into ``target`` atomically; a shard already there (a resumed merge) is kept."""
-    if target.exists():
-        return target
-    temp = target.with_name(f"{TEMP_PREFIX}merge-{uuid.uuid4().hex[:12]}{SHARD_SUFFIX}")
-    try:
-        os.link(source, temp)
-    except OSError:
-        shutil.copyfile(source, temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-    os.replace(temp, target)
-    return target
+        Transient failures (``TRANSIENT_REASONS``) are never skipped. With ``input_hashes`` (id ->
+        the input row's current content hash), a reject of a row whose content changed since is
+        not skipped either: the row is examined again.
+        """
+        if not self.rejects.shard_paths():
+            return set()
+        columns = list(dict.fromkeys(["stage", "reason", "input_hash", "id", *key_columns]))
+        table = self.rejects.read(columns).to_pydict()
+        keys = set()
+        for row, row_stage in enumerate(table["stage"]):
+            if row_stage != stage or table["reason"][row] in TRANSIENT_REASONS:
+                continue
+            if input_hashes is not None and input_hashes.get(table["id"][row]) != table["input_hash"][row]:
+                continue
+            keys.add(tuple(table[name][row] for name in key_columns))
+        return keys

@@ -6,9 +6,12 @@ sections it needs into that component's dataclass; every key is validated at loa
 against the dataclass fields (name and type), so a typo fails before any work starts,
 with one error line per bad key that names the file and the dotted key.
 
-Overrides use dotted paths and YAML scalars: ``train.lr=1e-5 parallel.tp=2
-rollout.reason.temperature=0.6``. Field documentation lives in ``field(metadata={"help":
-...})`` so ``sophia-train --help-config`` and the recipe-docs test can read it.
+Overrides use dotted paths and YAML values: ``train.lr=1e-5 parallel.tp=2
+rollout.reasoner.easy.temperature=0.6``; a list is written in YAML's flow syntax,
+``rollout.inputs=[a.jsonl,b.parquet]`` (quote the argument in a shell: ``'rollout.inputs=[a, b]'``),
+and ``key=null`` unsets an optional key. ``OVERRIDES_HELP`` says this in every command's
+``--help``. Field documentation lives in ``field(metadata={"help": ...})`` so
+``sophia-train --help-config`` and the recipe-docs test can read it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ import yaml
 # Top-level recipe sections that some command of the system understands. A section
 # outside this set is an error everywhere (it is a typo or a stale key).
 KNOWN_SECTIONS = ("name", "model", "parallel", "train", "data", "checkpoint", "logging",
-                  "fp8", "rollout", "pack", "convert", "demo", "paths")
+                  "fp8", "rollout", "pack", "convert", "demo", "paths", "eval", "grpo")
+
+
+OVERRIDES_HELP = """\
+Recipe overrides: key=value arguments after the options replace recipe keys, by dotted path, e.g.
+  {example}
+Values are YAML: numbers, true/false, null (unsets an optional key), strings; a list is written
+[a,b] (quote it in a shell when it holds spaces: 'rollout.inputs=[a.jsonl, b.jsonl]').
+Relative paths are relative to the directory the command runs in."""
+"""The overrides paragraph of every command's ``--help`` (``.format(example=...)``)."""
 
 
 class ConfigError(ValueError):
@@ -77,9 +89,13 @@ def read_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise ConfigError(f"{path}: recipe file not found")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[:exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}, line {line}: not UTF-8 (byte {exc.object[exc.start]:#04x}); "
+                              f"save the recipe as UTF-8") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of sections")
     merged = _merge(raw, parse_overrides(overrides or []))
@@ -156,7 +172,8 @@ def _coerce(hint: Any, value: Any, where: str, errors: list[str]) -> Any:
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            errors.append(f"'{where}': expected a list, got {value!r}")
+            errors.append(f"'{where}': expected a list, got {value!r}; write a list as {where}=[a,b] on the "
+                          f"command line, or as a YAML list ([a, b], or one '- item' per line) in the recipe")
             return None
         item = args[0] if args else Any
         out = [_coerce(item, v, f"{where}[{i}]", errors) for i, v in enumerate(value)]

@@ -89,10 +89,6 @@ class Tokenizer:
         end_of_turn = self.token_to_id(END_OF_TURN_TOKEN)
         self.end_of_turn_id: int = self.eos_id if end_of_turn is None else end_of_turn
 
-    @property
-    def special_ids(self) -> set[int]:
-        return set(self.added_tokens.values())
-
     def fingerprint(self) -> str:
         return fingerprint_dir(self.directory)
 

@@ -23,18 +23,19 @@ def read_arch(mcore_dir: str | Path) -> tuple[InternVLArch, dict[str, Any]]:
 
 
 def local_state_dict(mcore_dir: str | Path, *, tp: int, pp: int, tp_rank: int, pp_rank: int,
-                     spec: str = "local") -> dict[str, Any]:
-    """This rank's model state dict, for the running layout ``(tp, pp)``."""
+                     spec: str = "local", first_stage_layers: int | None = None,
+                     last_stage_layers: int | None = None) -> dict[str, Any]:
+    """This rank's model state dict, for the running layout ``(tp, pp)`` and pipeline split."""
     ckpt = MegatronCheckpoint(mcore_dir)
     if ckpt.layout.spec != spec:
         raise ValueError(f"{mcore_dir}: converted for the '{ckpt.layout.spec}' layer spec, model uses '{spec}' "
                          f"(convert again with --spec {spec})")
-    if (ckpt.layout.tp, ckpt.layout.pp) == (tp, pp):
+    running = Layout(tp, pp, spec, *((first_stage_layers, last_stage_layers) if pp > 1 else (None, None)))
+    if ckpt.layout == running:
         state = dict(ckpt.rank_state(tp_rank, pp_rank))
         if tp_rank != 0:  # tensors stored once (the frozen vision path) live in TP rank 0's file
             state.update({k: v for k, v in ckpt.rank_state(0, pp_rank).items() if stored_once(k)})
         return state
-    running = Layout(tp, pp, spec)
     state = {}
     for row in ckpt.rows:
         for stage, local in placements(row.megatron, ckpt.arch, running):
@@ -57,9 +58,11 @@ def _repad_vocab(full: Any, vocab_size: int, tp: int) -> Any:
 
 
 def load_into(model: Any, mcore_dir: str | Path, *, tp: int, pp: int, tp_rank: int, pp_rank: int,
-              spec: str = "local") -> None:
+              spec: str = "local", first_stage_layers: int | None = None,
+              last_stage_layers: int | None = None) -> None:
     """Load the converted weights into ``model`` (an ``InternVLModel`` stage), strictly."""
-    state = local_state_dict(mcore_dir, tp=tp, pp=pp, tp_rank=tp_rank, pp_rank=pp_rank, spec=spec)
+    state = local_state_dict(mcore_dir, tp=tp, pp=pp, tp_rank=tp_rank, pp_rank=pp_rank, spec=spec,
+                             first_stage_layers=first_stage_layers, last_stage_layers=last_stage_layers)
     own = model.state_dict()
     state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
     # TE / local layers may carry non-tensor ``_extra_state`` entries that checkpoints omit.

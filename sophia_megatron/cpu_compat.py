@@ -29,10 +29,6 @@ _FACTORIES = ("tensor", "zeros", "ones", "empty", "full", "arange", "rand", "ran
               "randint", "randperm", "linspace", "as_tensor", "eye")
 
 
-def is_active() -> bool:
-    return _ACTIVE
-
-
 def _is_cuda_device(device: Any) -> bool:
     import torch
 
@@ -133,11 +129,3 @@ def activate() -> bool:
     _ACTIVE = True
     return True
 
-
-def activate_if_cpu() -> bool:
-    """Activate on CPU-only hosts, do nothing on GPU hosts. Returns whether it is active."""
-    import torch
-
-    if torch.cuda.is_available():
-        return False
-    return activate()

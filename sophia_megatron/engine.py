@@ -1,10 +1,17 @@
-"""The Megatron training machinery shared by every model we train: DDP, optimizer, one step.
+"""The one build path of a Megatron InternVL, and the training machinery around it.
 
-``wrap_ddp`` puts a model chunk in Megatron's ``DistributedDataParallel`` (contiguous grad
-buffers, fp32 grad accumulation); ``build_optimizer`` makes Megatron's (distributed)
-AdamW with gradient clipping; ``train_step`` runs the pipeline schedule that fits the layout
-(no pipelining, or 1F1B) over the micro-batches of one global batch and steps the optimizer.
-The trainer and the multi-rank tests both use these, so what the tests check is what runs.
+Every place that builds the model -- the trainer, ``sophia-profile train``, ``sophia-convert
+verify`` and the export of a trainer checkpoint -- goes through here, so they cannot drift:
+
+- ``model_config``: the ``TransformerConfig`` of the language backbone for a layout, dtype,
+  recompute and FP8 choice (the training extras: per-token loss, variable sequence lengths);
+- ``build_model``: one pipeline stage of ``InternVLModel``, optionally loaded from a converted
+  checkpoint, on the rank's device;
+- ``build_training``: Megatron DDP (contiguous grad buffers, fp32 grad reduction), Megatron's
+  (distributed) AdamW with gradient clipping, and the schedule hooks;
+- ``forward_backward`` runs the layout's pipeline schedule (no pipelining, or 1F1B) over the
+  micro-batches of one global batch; ``optimizer_step`` applies the reduced gradients. The
+  trainer puts its non-finite-loss check between the two.
 """
 
 from __future__ import annotations
@@ -13,12 +20,79 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+DTYPE_NAMES = ("float32", "bfloat16")
 
-@dataclass
-class StepResult:
-    losses: list[dict[str, Any]]   # one dict per micro-batch, from the loss function (last stage)
-    grad_norm: float | None
-    skipped: bool                  # the optimizer skipped the update (non-finite gradients)
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r} (choose from {', '.join(DTYPE_NAMES)})")
+    return getattr(torch, name)
+
+
+def model_config(arch: Any, *, tp: int, pp: int, params_dtype: str = "float32", sequence_parallel: bool = False,
+                 recompute: str = "none", fp8_recipe: str = "none", fp8_bf16_layers: int = 0,
+                 gpu: bool | None = None, training: bool = True, first_stage_layers: int | None = None,
+                 last_stage_layers: int | None = None) -> Any:
+    """The language backbone's ``TransformerConfig`` (``gpu``: the fused kernels; default: CUDA is here;
+    ``first_stage_layers`` / ``last_stage_layers``: an uneven pipeline split, None for even)."""
+    import torch
+
+    from sophia_megatron.model.internvl import language_config
+
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    extra: dict[str, Any] = {}
+    if training:
+        # Packs differ in length, so pipeline stages exchange shapes; Megatron only allows that with
+        # the alltoall MoE dispatcher setting, even for dense models.
+        extra.update(calculate_per_token_loss=True, variable_seq_lengths=True, moe_token_dispatcher_type="alltoall")
+    if recompute == "full":
+        extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif recompute == "selective":
+        extra.update(recompute_granularity="selective")
+    if fp8_recipe not in ("none", "bf16"):
+        extra.update(fp8="e4m3", fp8_recipe=fp8_recipe, first_last_layers_bf16=fp8_bf16_layers > 0,
+                     num_layers_at_start_in_bf16=fp8_bf16_layers, num_layers_at_end_in_bf16=fp8_bf16_layers)
+    return language_config(arch, tp=tp, pp=pp, params_dtype=torch_dtype(params_dtype),
+                           sequence_parallel=sequence_parallel, fusions=gpu, first_stage_layers=first_stage_layers,
+                           last_stage_layers=last_stage_layers, **extra)
+
+
+def build_model(arch: Any, config: Any, pstate: Any, *, spec: str = "local", vision_dtype: str | None = None,
+                mcore_dir: Any = None) -> Any:
+    """This rank's ``InternVLModel`` stage, loaded from ``mcore_dir`` when given, on ``pstate.device``."""
+    from sophia_megatron.checkpoint_io import load_into
+    from sophia_megatron.model.internvl import InternVLModel
+
+    model = InternVLModel(arch, config, pre_process=pstate.is_first_stage, post_process=pstate.is_last_stage,
+                          spec=spec, vision_dtype=None if vision_dtype is None else torch_dtype(vision_dtype))
+    if mcore_dir is not None:
+        load_into(model, mcore_dir, tp=pstate.tp, pp=pstate.pp, tp_rank=pstate.tp_rank, pp_rank=pstate.pp_rank,
+                  spec=spec, first_stage_layers=config.num_layers_in_first_pipeline_stage,
+                  last_stage_layers=config.num_layers_in_last_pipeline_stage)
+    return model.to(pstate.device)
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    lr: float
+    weight_decay: float
+    clip_grad: float
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    min_lr: float | None = None
+    bf16: bool = False
+
+
+def build_training(model: Any, config: Any, settings: OptimizerSettings) -> tuple[Any, Any]:
+    """(DDP-wrapped model, optimizer) with the schedule hooks attached to ``config``."""
+    ddp = wrap_ddp(model, config)
+    optimizer = build_optimizer([ddp], lr=settings.lr, weight_decay=settings.weight_decay,
+                                clip_grad=settings.clip_grad, bf16=settings.bf16, adam_beta1=settings.adam_beta1,
+                                adam_beta2=settings.adam_beta2, min_lr=settings.min_lr)
+    attach_schedule_hooks(config, [ddp], optimizer)
+    return ddp, optimizer
 
 
 def wrap_ddp(model: Any, config: Any, *, distributed_optimizer: bool = True,
@@ -44,15 +118,10 @@ def build_optimizer(model_chunks: list[Any], *, lr: float, weight_decay: float, 
         optimizer="adam", lr=lr, min_lr=lr if min_lr is None else min_lr, weight_decay=weight_decay,
         clip_grad=clip_grad,
         adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_eps=adam_eps,
-        use_distributed_optimizer=distributed, bf16=bf16, params_dtype=_dtype(bf16),
+        use_distributed_optimizer=distributed, bf16=bf16,
+        params_dtype=torch_dtype("bfloat16" if bf16 else "float32"),
     )
     return get_megatron_optimizer(config, model_chunks)
-
-
-def _dtype(bf16: bool) -> Any:
-    import torch
-
-    return torch.bfloat16 if bf16 else torch.float32
 
 
 def attach_schedule_hooks(config: Any, model_chunks: list[Any], optimizer: Any) -> None:
@@ -93,13 +162,3 @@ def optimizer_step(optimizer: Any) -> tuple[bool, float | None]:
     """Step the optimizer on the reduced gradients: (applied, grad norm before clipping)."""
     success, grad_norm, _ = optimizer.step()
     return bool(success), None if grad_norm is None else float(grad_norm)
-
-
-def train_step(forward_step: Callable, data_iterator: Iterator, model_chunks: list[Any], optimizer: Any,
-               *, num_microbatches: int, seq_length: int, micro_batch_size: int) -> StepResult:
-    """One optimizer step over ``num_microbatches`` micro-batches."""
-    optimizer.zero_grad()
-    losses = forward_backward(forward_step, data_iterator, model_chunks, num_microbatches=num_microbatches,
-                              seq_length=seq_length, micro_batch_size=micro_batch_size)
-    success, grad_norm = optimizer_step(optimizer)
-    return StepResult(losses=losses, grad_norm=grad_norm, skipped=not success)

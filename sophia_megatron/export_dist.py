@@ -10,12 +10,12 @@ torch layout and hands it to ``conversion.export.mcore_to_hf``.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from sophia_common.cli import UserError
+from sophia_common.mcore_checkpoint import TRACKER, CheckpointError, iter_dir_name, read_training_meta
 
 
 def export_training_checkpoint(save_dir: str | Path, out_dir: str | Path, *, fmt: str | None = None,
@@ -24,26 +24,34 @@ def export_training_checkpoint(save_dir: str | Path, out_dir: str | Path, *, fmt
     from megatron.core import dist_checkpointing
 
     from conversion.export import mcore_to_hf
-    from sophia_megatron.checkpoint_io import load_into, read_arch
-    from sophia_megatron.model.internvl import InternVLModel, language_config
+    from conversion.output import check_output_path
+    from sophia_megatron import engine
+    from sophia_megatron.checkpoint_io import read_arch
     from sophia_megatron.parallel import destroy_parallel, init_parallel
-    from sophia_megatron.train.checkpointing import export_torch, latest_step
+    from sophia_megatron.train.checkpointing import latest_step, write_export_meta, write_rank_weights
 
+    check_output_path(Path(out_dir), force)  # before loading anything
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     save_dir = Path(save_dir)
-    meta = json.loads((save_dir / "sophia_meta.json").read_text())
+    try:
+        meta = read_training_meta(save_dir)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from exc
     step = latest_step(save_dir) if step is None else step
     if step is None:
-        raise UserError(f"{save_dir}: no latest_checkpointed_iteration.txt (no finished checkpoint)")
-    init_parallel(1, 1)
+        raise UserError(f"{save_dir / TRACKER}: file not found (no finished checkpoint)")
+    pstate = init_parallel(1, 1)
     try:
-        arch, _ = read_arch(meta["mcore_dir"])
-        model = InternVLModel(arch, language_config(arch, tp=1, pp=1), pre_process=True, post_process=True)
-        load_into(model, meta["mcore_dir"], tp=1, pp=1, tp_rank=0, pp_rank=0)
-        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(save_dir / f"iter_{step:07d}"))
+        arch, source_meta = read_arch(meta.mcore_dir)
+        spec = source_meta.get("spec", "local")
+        model = engine.build_model(arch, engine.model_config(arch, tp=1, pp=1, training=False), pstate, spec=spec,
+                                   mcore_dir=meta.mcore_dir)
+        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(save_dir / iter_dir_name(step)))
         with torch.no_grad():
             model.load_state_dict(state["model"], strict=False)
         with tempfile.TemporaryDirectory(dir=Path(out_dir).parent) as staging:
-            export_torch(Path(staging) / "mcore", model, tp_rank=0, pp_rank=0, pp=1, source_mcore=meta["mcore_dir"])
+            write_rank_weights(Path(staging) / "mcore", model, tp_rank=0, pp_rank=0, pp=1)
+            write_export_meta(Path(staging) / "mcore", tp=1, pp=1, source_mcore=meta.mcore_dir)
             result = mcore_to_hf(Path(staging) / "mcore", out_dir, fmt=fmt, force=force)
     finally:
         destroy_parallel()

@@ -49,6 +49,17 @@ def _launcher_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def check_world_size(world: int, tp: int, pp: int) -> None:
+    """The ranks must tile into TP x PP model replicas (the architecture is checked by ``check_layout``)."""
+    from sophia_common.cli import UserError
+
+    if world % (tp * pp):
+        lower = "parallel.pp=1" if pp > 1 else "parallel.tp=1"
+        raise UserError(f"{world} rank(s) cannot hold TP={tp} x PP={pp} = {tp * pp} ranks per model replica; "
+                        f"start a multiple of {tp * pp} ranks (sophia-train --nproc-per-node {tp * pp}) "
+                        f"or lower the parallelism ({lower})")
+
+
 def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30) -> ParallelState:
     """Initialise torch.distributed and Megatron's model-parallel groups (idempotent)."""
     import torch
@@ -57,8 +68,7 @@ def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: i
     from megatron.core import tensor_parallel
 
     rank, world, local_rank = _launcher_env()
-    if world % (tp * pp) != 0:
-        raise ValueError(f"world size {world} is not divisible by tp*pp = {tp}*{pp}")
+    check_world_size(world, tp, pp)
     if torch.cuda.is_available():
         backend, device = "nccl", f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)

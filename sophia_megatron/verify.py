@@ -47,23 +47,22 @@ def sample_inputs(arch: Any, seed: int, text_tokens: int = 48, tiles: int = 2) -
 def megatron_logits(mcore_dir: str, tp: int, pp: int, ids: torch.Tensor, pixels: torch.Tensor) -> Any:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from sophia_megatron.checkpoint_io import load_into, read_arch
-    from sophia_megatron.model.internvl import InternVLModel, language_config
+    from sophia_megatron import engine
+    from sophia_megatron.checkpoint_io import read_arch
     from sophia_megatron.parallel import init_parallel
 
     pstate = init_parallel(tp=tp, pp=pp)
     arch, meta = read_arch(mcore_dir)
-    config = language_config(arch, tp=tp, pp=pp)
-    model = InternVLModel(arch, config, pre_process=pstate.is_first_stage, post_process=pstate.is_last_stage)
-    load_into(model, mcore_dir, tp=tp, pp=pp, tp_rank=pstate.tp_rank, pp_rank=pstate.pp_rank,
-              spec=meta.get("spec", "local"))
+    config = engine.model_config(arch, tp=tp, pp=pp, gpu=False, training=False)
+    model = engine.build_model(arch, config, pstate, spec=meta.get("spec", "local"), mcore_dir=mcore_dir)
     model.eval()
     positions = torch.arange(ids.shape[1]).unsqueeze(0)
     captured: list[torch.Tensor] = []
 
     def forward_step(data_iterator: Any, chunk: Any) -> Any:
         next(data_iterator)
-        logits = chunk(ids, positions, None, pixel_values=pixels)
+        logits = chunk(ids.to(pstate.device), positions.to(pstate.device), None,
+                       pixel_values=pixels.to(pstate.device))
 
         def keep(output: torch.Tensor) -> Any:
             captured.append(gather_vocab(output))
@@ -84,16 +83,61 @@ def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
     return gather_from_tensor_model_parallel_region(logits)  # GPTModel returns [b, s, vocab / TP]
 
 
+def check_pair(hf_dir: str, mcore_dir: str) -> None:
+    """Refuse, in one line, a --mcore-dir that is not a converted checkpoint of the --hf-dir model."""
+    from conversion.arch import InternVLArch
+    from conversion.hf_checkpoint import HFCheckpoint
+    from sophia_common.cli import UserError
+    from sophia_common.mcore_checkpoint import TRAINING, CheckpointError, meta_kind, read_meta
+
+    try:
+        meta = read_meta(mcore_dir)
+    except CheckpointError as exc:
+        raise UserError(f"--mcore-dir: {exc}") from exc
+    if meta_kind(meta) == TRAINING:
+        raise UserError(f"--mcore-dir {mcore_dir} is a training run's checkpoint.save_dir, not a converted "
+                        f"checkpoint; export it first (sophia-convert mcore-to-hf --mcore-dir {mcore_dir} "
+                        f"--out-dir DIR) and compare DIR, or verify the checkpoint it started from, "
+                        f"{meta.get('mcore_dir')}")
+    mine = _flat(InternVLArch.from_dict(meta["arch"]).to_dict())
+    theirs = _flat(HFCheckpoint(hf_dir).arch.to_dict())
+    differ = [f"{key} {theirs.get(key)!r} vs {mine.get(key)!r}" for key in sorted(set(mine) | set(theirs))
+              if mine.get(key) != theirs.get(key)]
+    if differ:
+        raise UserError(f"--hf-dir {hf_dir} and --mcore-dir {mcore_dir} are different models (hf vs mcore: "
+                        f"{'; '.join(differ[:6])}{'; ...' if len(differ) > 6 else ''}); convert the HF "
+                        f"checkpoint with sophia-convert hf-to-mcore and verify that pair")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sophia-convert verify", description=__doc__.splitlines()[0])
-    parser.add_argument("--hf-dir", required=True)
-    parser.add_argument("--mcore-dir", required=True)
-    parser.add_argument("--tol", type=float, default=1e-4)
-    parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--pp", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hf-dir", required=True, metavar="DIR",
+                        help="the Hugging Face checkpoint the reference logits come from (required)")
+    parser.add_argument("--mcore-dir", required=True, metavar="DIR",
+                        help="the converted Megatron checkpoint to check against it (required)")
+    parser.add_argument("--tol", type=float, default=1e-4,
+                        help="largest allowed absolute logit difference; above it the exit code is 1 "
+                             "(default: %(default)g)")
+    parser.add_argument("--tp", type=int, default=1,
+                        help="tensor-parallel size to run the Megatron model at, under torchrun with "
+                             "TP x PP ranks (default: %(default)s)")
+    parser.add_argument("--pp", type=int, default=1,
+                        help="pipeline-parallel size to run the Megatron model at (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random image and token ids fed to both models (default: %(default)s)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
+    check_pair(args.hf_dir, args.mcore_dir)
     reference, arch = reference_model(args.hf_dir)
     ids, pixels = sample_inputs(arch, args.seed)
     pstate, logits = megatron_logits(args.mcore_dir, args.tp, args.pp, ids, pixels)

@@ -29,9 +29,9 @@ def hf_to_mcore_main(argv: list[str]) -> int:
                     "transformers-native format, detected from config.json) into the Megatron-Core "
                     "TP/PP layout that sophia-train loads. Streamed: memory stays at a few tensors.")
     parser.add_argument("--hf-dir", required=True, metavar="DIR",
-                        help="the Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer)")
+                        help="the Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer) (required)")
     parser.add_argument("--out-dir", required=True, metavar="DIR",
-                        help="the Megatron checkpoint to write (built as DIR.tmp-<pid>, renamed when complete)")
+                        help="the Megatron checkpoint to write (built as DIR.tmp-<pid>, renamed when complete) (required)")
     parser.add_argument("--tp", type=int, default=1,
                         help="tensor-parallel size; must divide the attention heads and the query groups "
                              "(default: %(default)s)")
@@ -68,9 +68,9 @@ def mcore_to_hf_main(argv: list[str]) -> int:
         description="Export a Megatron checkpoint (converted by hf-to-mcore, or a sophia-train "
                     "checkpoint.save_dir) to a Hugging Face InternVL checkpoint.")
     parser.add_argument("--mcore-dir", required=True, metavar="DIR",
-                        help="a converted checkpoint or a training checkpoint.save_dir (latest step)")
+                        help="a converted checkpoint or a training checkpoint.save_dir (latest step) (required)")
     parser.add_argument("--out-dir", required=True, metavar="DIR",
-                        help="the Hugging Face checkpoint to write (built as DIR.tmp-<pid>, renamed when complete)")
+                        help="the Hugging Face checkpoint to write (built as DIR.tmp-<pid>, renamed when complete) (required)")
     parser.add_argument("--format", choices=("original", "hf"), default=None,
                         help="output format: 'original' (remote-code InternVLChatModel) or 'hf' "
                              "(transformers-native) (default: the format the checkpoint was converted from)")

@@ -13,7 +13,9 @@ COMMANDS = {
     "packing": ("sophia_tools.bench.packing:main", "pack a list of sample lengths; efficiency and speed"),
     "conversion": ("sophia_tools.bench.conversion:main", "convert a synthetic 38B-shaped checkpoint; GB/s vs copy, RSS"),
     "rollout": ("sophia_tools.bench.rollout:main", "reason-stage throughput vs bare LLM.generate; verifier speed"),
+    "loader": ("sophia_tools.bench.loader:main", "training loader: bytes read per micro-batch vs packs used"),
     "train": ("sophia_tools.bench.train:main", "step time, tokens/s, TFLOP/s and MFU of the update"),
+    "verifier": ("sophia_tools.bench.verifier:main", "verifier accuracy, FP, FN, verdicts/s; --against math-verify"),
 }
 
 

@@ -1,7 +1,9 @@
-"""``sophia-rollout``: SOPHIA's off-policy data, stage by stage (DESIGN §1.1 steps 1-4).
+"""``sophia-rollout``: SOPHIA's off-policy data, stage by stage (caption, reason, score, select; pack).
 
     sophia-rollout {caption,reason,score,select,run,stats,merge,pack} --config RECIPE [key=value ...] [--shard i/n]
     sophia-rollout check --in FILE.jsonl
+
+``sophia-rollout COMMAND --help`` describes each command, its options and the key=value overrides.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ COMMANDS = {
     "stats": ("rollout.pipeline:stats_main", "counts, pass rates, length histograms, rejects"),
     "merge": ("rollout.pipeline:merge_main", "join the stores of array-job shards, checked"),
     "pack": ("rollout.pack.build:pack_main", "tokenise and pack samples into a length-sorted dataset"),
+    "filter": ("rollout.question_filter:filter_main", "keep GRPO questions the policy solves 40-60 % of the time"),
     "check": ("rollout.verifier.check:check_main", "verify {response, answer} JSONL lines, one JSON line each"),
 }
 

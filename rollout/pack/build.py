@@ -22,15 +22,16 @@ paid in GPU hours (``efficiency`` in the manifest); images are pre-expanded to t
 count here so a pack's length is known before training. Nothing is dropped silently: an unusable
 row is counted in ``rejects_by_reason`` (before mixing, so mixing fractions are of the usable
 rows); every sample the mixing selects ends in exactly one pack or in ``dropped_by_reason``
-(``zero_weight``, ``too_many_tokens``, ``too_many_tiles``); ``rejects.jsonl`` in the output names
-each of them, and the manifest's per-source counts show what the mixing took. With ``oversize:
+(``zero_weight``, ``too_many_tokens``, ``too_many_tiles``, ``response_merges_with_prompt``: see
+``rollout.pack.render``); ``rejects.jsonl`` in the output names each of them, the log shows the
+first few of each reason, and the manifest's per-source counts show what the mixing took. With ``oversize:
 truncate`` a too-long sample loses the tail of its response instead (the loss mask is cut with it);
 one whose prompt alone is too long is still dropped.
 
-Paths: ``tokenizer_dir``, source paths and ``out`` are used as given (relative to the current
-directory); the two system prompt files are relative to the recipe's directory, since they ship
-beside the recipes (``rollout.prompts.resolve_prompt_path``: a default ``prompts/...`` path missing
-there falls back to the repository's ``configs/prompts``). The dataset is written under
+Paths: every relative path of the recipe (``tokenizer_dir``, source paths, ``out``, the two system
+prompt files) is relative to the working directory, from the YAML file and from overrides alike;
+a default prompt file ``prompts/*.txt`` that is not there is read from the repository's
+``configs/prompts`` (``rollout.prompts.resolve_prompt_path``). The dataset is written under
 ``OUT.tmp-<pid>`` and renamed into place; an existing ``OUT`` is replaced only with ``--force``, and
 only if it is a packed dataset.
 """
@@ -59,11 +60,12 @@ from rollout.pack.render import (
     TokenizedSample,
     check_text,
 )
+from rollout.pack.samples import Sample, SampleRecord
 from rollout.pack.write import REJECTS_NAME, check_replaceable, write_dataset
 from rollout.prompts import resolve_prompt_path
-from rollout.store import reject_record
+from rollout.store import reject_record, reject_summary
 from sophia_common.cli import UserError
-from sophia_common.config import ConfigError, build, doc, read_recipe, to_dict
+from sophia_common.config import OVERRIDES_HELP, ConfigError, build, doc, read_recipe, to_dict
 from sophia_common.contract import SCHEMA_VERSION, Manifest
 from sophia_common.log import get_logger, progress
 from sophia_common.tokenizer import load_tokenizer
@@ -77,7 +79,7 @@ EMPTY_RESPONSE = "empty_response"
 BAD_WEIGHT = "bad_weight"
 ZERO_WEIGHT = "zero_weight"
 
-log = get_logger("rollout.pack")
+log = get_logger("sophia.rollout.pack")
 
 
 @dataclass
@@ -117,10 +119,10 @@ class PackConfig:
     image_size: int = doc("tile side in pixels", 448)
     tokens_per_tile: int = doc("<IMG_CONTEXT> tokens per tile (256 for 448-pixel tiles)", 256)
     default_system_prompt: str = doc("system prompt file for responses without <think>...</think> "
-                                     "(relative to the recipe's directory, or absolute)",
+                                     "(relative to the working directory; default: the shipped one)",
                                      "prompts/default_system.txt")
     slow_thinking_prompt: str = doc("system prompt file for responses with <think>...</think> "
-                                    "(relative to the recipe's directory, or absolute)",
+                                    "(relative to the working directory; default: the shipped one)",
                                     "prompts/slow_thinking_system.txt")
     packs_per_shard: int = doc("packs per parquet shard (the last shard may hold fewer)", 1024)
     seed: int = doc("seed of the mixing-weight sampling", 0)
@@ -141,30 +143,6 @@ class PackConfig:
     def tiling(self) -> Tiling:
         return Tiling(min_tiles=self.min_tiles, max_tiles=self.max_tiles, image_size=self.image_size,
                       use_thumbnail=self.use_thumbnail, tokens_per_tile=self.tokens_per_tile)
-
-
-@dataclass(frozen=True)
-class SampleRecord:
-    """A usable row of a source: what to render, with which reward weight, under which source label."""
-
-    row: InputRow
-    response: str
-    weight: float
-    label: str
-    """``sample_sources`` entry: ``kind/source`` (``kind`` alone when the row names no source)."""
-
-    @property
-    def images(self) -> tuple[Path | bytes, ...]:
-        return () if self.row.image is None else (self.row.image,)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A selected, tokenised sample; ``source`` indexes ``PackConfig.sources``."""
-
-    record: SampleRecord
-    tokens: TokenizedSample
-    source: int
 
 
 @dataclass
@@ -237,7 +215,8 @@ def collect_samples(config: PackConfig, renderer: ChatRenderer
                     ) -> tuple[list[Sample], list[dict[str, Any]], list[SourceReport]]:
     """Read, mix and tokenise every source: (samples, excluded records, per-source reports).
 
-    Excluded so far: rejected rows (stage ``input``) and selected zero-weight samples (``zero_weight``).
+    Excluded so far: rejected rows (stage ``input``), selected zero-weight samples (``zero_weight``)
+    and samples that cannot be split into prompt and response tokens (``response_merges_with_prompt``).
     A row selected several times is tokenised once.
     """
     samples: list[Sample] = []
@@ -251,15 +230,23 @@ def collect_samples(config: PackConfig, renderer: ChatRenderer
                               rejects_by_reason=Counter(r["reason"] for r in rejects))
         excluded += rejects
         tokenized: dict[int, TokenizedSample] = {}
+        failed: dict[int, RenderRejected] = {}
         for row_index in progress(chosen, desc=f"tokenise {Path(source.path).name}", unit="sample"):
             record = records[row_index]
             if record.weight == 0:
                 excluded.append(_dropped(record, source, ZERO_WEIGHT, "reward weight 0"))
                 report.dropped_by_reason[ZERO_WEIGHT] += 1
                 continue
-            if row_index not in tokenized:
-                plans = tuple(renderer.tiling.plan(image) for image in record.images)
-                tokenized[row_index] = renderer.tokenize(record.row.question, record.response, plans)
+            if row_index not in tokenized and row_index not in failed:
+                try:
+                    plans = tuple(renderer.tiling.plan(image) for image in record.images)
+                    tokenized[row_index] = renderer.tokenize(record.row.question, record.response, plans)
+                except RenderRejected as rejected:
+                    failed[row_index] = rejected
+            if row_index in failed:  # every selected copy is counted, so selected = packed + dropped
+                excluded.append(_dropped(record, source, failed[row_index].reason, failed[row_index].detail))
+                report.dropped_by_reason[failed[row_index].reason] += 1
+                continue
             samples.append(Sample(record, tokenized[row_index], index))
         reports.append(report)
     return samples, excluded, reports
@@ -272,8 +259,7 @@ def _dropped(record: SampleRecord, source: PackSource, reason: str, detail: str)
 # ---- the build ----------------------------------------------------------------------------------
 
 
-def pack_dataset(config: PackConfig, *, recipe_dir: Path, force: bool = False,
-                 config_file: Path | None = None) -> Manifest:
+def pack_dataset(config: PackConfig, *, force: bool = False, config_file: Path | None = None) -> Manifest:
     """Build the packed dataset ``config`` describes at ``config.out``; returns its manifest."""
     for key, value, hint in (
         ("tokenizer_dir", config.tokenizer_dir, "give the policy's tokenizer (or checkpoint) dir"),
@@ -288,7 +274,7 @@ def pack_dataset(config: PackConfig, *, recipe_dir: Path, force: bool = False,
         tokenizer = load_tokenizer(config.tokenizer_dir)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load tokenizer from {config.tokenizer_dir}: {exc}") from exc
-    prompt_files = _prompt_paths(config, recipe_dir)
+    prompt_files = _prompt_paths(config)
     renderer = ChatRenderer(tokenizer, SystemPrompts.from_files(*prompt_files), config.tiling)
 
     samples, excluded, reports = collect_samples(config, renderer)
@@ -302,6 +288,9 @@ def pack_dataset(config: PackConfig, *, recipe_dir: Path, force: bool = False,
         raise UserError(f"nothing to pack: every sample was rejected or dropped ({counts}); "
                         f"no dataset written")
 
+    if excluded:
+        log.warning("%d row(s) or sample(s) left out (all listed in %s/%s):\n%s", len(excluded), out, REJECTS_NAME,
+                    "\n".join(reject_summary(excluded)))
     stats = _stats(samples, plan, excluded, reports, truncated - set(plan.dropped.tolist()))
     manifest = Manifest(schema_version=SCHEMA_VERSION, tokenizer_fingerprint=tokenizer.fingerprint(),
                         max_seq_len=config.max_seq_len, max_tiles_per_pack=config.max_tiles_per_pack,
@@ -312,10 +301,9 @@ def pack_dataset(config: PackConfig, *, recipe_dir: Path, force: bool = False,
     return manifest
 
 
-def _prompt_paths(config: PackConfig, recipe_dir: Path) -> tuple[Path, Path]:
+def _prompt_paths(config: PackConfig) -> tuple[Path, Path]:
     """(default, slow-thinking) prompt files, resolved as ``rollout.prompts`` resolves every prompt file."""
-    return (resolve_prompt_path(config.default_system_prompt, recipe_dir),
-            resolve_prompt_path(config.slow_thinking_prompt, recipe_dir))
+    return resolve_prompt_path(config.default_system_prompt), resolve_prompt_path(config.slow_thinking_prompt)
 
 
 def _truncate_oversize(samples: list[Sample], max_len: int) -> set[int]:
@@ -391,9 +379,14 @@ def _provenance(config: PackConfig, prompt_files: tuple[Path, Path],
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="sophia-rollout pack", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path, help="recipe YAML with a pack: section")
-    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. pack.max_seq_len=8192")
+    parser = argparse.ArgumentParser(
+        prog="sophia-rollout pack", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Tokenise sample records (selected trajectories, text and VQA sources of the recipe's "
+                    "pack: section) and pack them into a length-sorted dataset for training.",
+        epilog=OVERRIDES_HELP.format(example="pack.max_seq_len=8192 'pack.sources=[{path: a.jsonl}]'"))
+    parser.add_argument("--config", required=True, type=Path, help="recipe YAML with a pack: section (required)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="recipe overrides, e.g. pack.max_seq_len=8192")
     parser.add_argument("--in", dest="inputs", action="append", default=[], metavar="FILE",
                         help="an extra trajectories source (weight 1); repeatable")
     parser.add_argument("--out", help="output directory (overrides pack.out)")
@@ -409,7 +402,7 @@ def pack_main(argv: list[str]) -> int:
                                              for path in args.inputs]
     if args.out:
         config.out = args.out
-    manifest = pack_dataset(config, recipe_dir=args.config.parent, force=args.force, config_file=args.config)
+    manifest = pack_dataset(config, force=args.force, config_file=args.config)
     stats = manifest.stats
     log.info("packed %d of %d samples (%d tokens) into %d packs in %d shard(s) at %s; efficiency %.4f; "
              "dropped %s; rejected %s; truncated %d", stats["samples_packed"], stats["samples_in"],

@@ -17,13 +17,20 @@ here, as InternVL does (``<img>`` + ``<IMG_CONTEXT>`` x tokens_per_tile x tiles 
 every length is exact at packing time. A question with ``<image>`` placeholders gets one image per
 placeholder, in order; otherwise ``<image>\\n`` is prepended per image (InternVL's convention).
 
-How: the prompt and the target are encoded separately (the usual SFT split, so the mask boundary
-is exact). Inside the prompt, image token runs are spliced in as ids rather than encoded from a
-string of thousands of ``<IMG_CONTEXT>``; both tokenizer kinds split text at special tokens before
-anything else, so this gives the ids that encoding the whole string would. Text that contains the
-template's own control tokens (``<|im_start|>``, ``<|im_end|>``, ``<img>``, ``</img>``,
-``<IMG_CONTEXT>``) would corrupt the turn structure or the image count, so such a sample is
-rejected (``RenderRejected``) instead of rendered.
+How: the whole conversation is tokenised as one string, and the boundary between prompt and
+response is located in it. Encoding the response on its own would not give the same ids: a
+SentencePiece model with a dummy prefix turns a response's first word ``There`` into ``▁There``,
+which the model never produces after ``assistant\n``. Image token runs are spliced in as ids
+rather than encoded from a string of thousands of ``<IMG_CONTEXT>``; both tokenizer kinds split
+text at special tokens before anything else, so this gives the ids that encoding the whole string
+would. The boundary: the ids of the prompt alone (what the model is given at inference) must be a
+prefix of the whole conversation's ids; when they are not, a token spans the boundary (a Qwen2
+BPE merges the prompt's closing ``\n`` with a response that starts with a newline), the sample
+cannot be split into prompt and response tokens, and it is rejected (``response_merges_with_prompt``)
+rather than trained with a prompt the model never sees. Text that contains the template's own
+control tokens (``<|im_start|>``, ``<|im_end|>``, ``<img>``, ``</img>``, ``<IMG_CONTEXT>``) would
+corrupt the turn structure or the image count, so such a sample is rejected (``RenderRejected``)
+instead of rendered.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ THINKING = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 SPECIAL_TOKEN_IN_TEXT = "special_token_in_text"
 IMAGE_PLACEHOLDER_MISMATCH = "image_placeholder_mismatch"
+RESPONSE_MERGES_WITH_PROMPT = "response_merges_with_prompt"
 
 
 class RenderRejected(ValueError):
@@ -180,7 +188,11 @@ class ChatRenderer:
         return IMG_START + IMG_CONTEXT * (plan.num_tiles * self.tiling.tokens_per_tile) + IMG_END
 
     def tokenize(self, question: str, response: str, plans: tuple[TilePlan, ...] = ()) -> TokenizedSample:
-        """Ids of :meth:`render`'s text, with the assistant's response + ``<|im_end|>`` as the target span."""
+        """Ids of :meth:`render`'s text, with the assistant's response + ``<|im_end|>`` as the target span.
+
+        Raises ``RenderRejected`` (``response_merges_with_prompt``) when no token boundary separates
+        the prompt from the response (see the module docstring).
+        """
         parts = self._prompt_parts(question, response, plans)
         ids = list(self._bos) + self._system_header_ids(parts[0])
         text = ""
@@ -190,11 +202,19 @@ class ChatRenderer:
                 continue
             ids += self.tokenizer.encode(text) + self.image_token_ids(part)
             text = ""
-        ids += self.tokenizer.encode(text)
-        target_start = len(ids)
-        ids += self.tokenizer.encode(response) + [self._control_ids[IM_END]]
-        target_end = len(ids)
-        ids += self.tokenizer.encode("\n")
+        # ``text`` ends with "<|im_start|>assistant\n": encode it with the response, as one string.
+        prompt_tail = self.tokenizer.encode(text)
+        tail = self.tokenizer.encode(f"{text}{response}{IM_END}\n")
+        if tail[:len(prompt_tail)] != prompt_tail:
+            first = next((i for i, (a, b) in enumerate(zip(prompt_tail, tail)) if a != b), len(tail) - 1)
+            raise RenderRejected(RESPONSE_MERGES_WITH_PROMPT,
+                                 f"the response's first characters merge with the prompt's last ones into "
+                                 f"one token ({self.tokenizer.decode(tail[first:first + 1])!r}); the ids cannot "
+                                 f"be split into prompt and response")
+        target_start = len(ids) + len(prompt_tail)
+        end_of_turn = len(tail) - 1 - tail[::-1].index(self._control_ids[IM_END])
+        target_end = len(ids) + end_of_turn + 1
+        ids += tail
         return TokenizedSample(np.asarray(ids, dtype=np.int32), target_start, target_end, tuple(plans))
 
     def _system_header_ids(self, header: str) -> list[int]:

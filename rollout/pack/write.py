@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rollout.store import fsync_path
+from sophia_common.atomic import fsync_path, publish_dir, temp_dir_for
 from sophia_common.cli import UserError
 from sophia_common.contract import (
     MANIFEST_NAME,
@@ -34,8 +34,8 @@ from sophia_common.contract import (
 )
 
 if TYPE_CHECKING:
-    from rollout.pack.build import Sample
     from rollout.pack.planner import PackPlan
+    from rollout.pack.samples import Sample
 
 REJECTS_NAME = "rejects.jsonl"
 ROW_GROUP_PACKS = 16
@@ -56,10 +56,7 @@ def write_dataset(out: Path, manifest: Manifest, plan: PackPlan, samples: Sequen
                   excluded: list[dict[str, Any]], force: bool = False) -> None:
     """Write shards, rejects and ``manifest`` (its ``shards`` filled in here) to ``out``, atomically."""
     out = Path(out)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_for(out)
     try:
         manifest.shards = write_shards(tmp, plan, samples, manifest.packs_per_shard)
         _write_jsonl(tmp / REJECTS_NAME, excluded)
@@ -136,18 +133,9 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def _publish(tmp: Path, out: Path, force: bool) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (checked replaceable again) is moved aside first."""
+    """Rename ``tmp`` to ``out``; an existing ``out`` (checked replaceable again) is replaced."""
     check_replaceable(out, force)
-    old = None
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        out.rename(old)
     try:
-        tmp.rename(out)
+        publish_dir(tmp, out, replace=force)
     except OSError as exc:
-        if old is not None:
-            old.rename(out)
         raise UserError(f"cannot move the new dataset into place at {out}: {exc}") from exc
-    fsync_path(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -12,14 +12,22 @@
 * **Percent**: a side written with ``%`` may be read as its number or as a hundredth of it:
   ``50\\%`` = ``50`` = ``0.5``; without ``%`` on either side ``0.5`` ≠ ``50``.
 * **Degrees**: ``30^\\circ`` = ``30``, and = ``\\frac{\\pi}{6}`` (a degree side may be read in radians).
-* **Multiple choice**: a single-letter gold (``B``, ``(B)``) is compared with the letter the
-  prediction starts with (``(b) 12``, ``B.``, ``\\text{B}``), case-insensitively; with ``choices``
-  (a list, A first, or a letter → text dict) the option text counts for its letter both ways.
+* **Multiple choice**: a letter in the prediction is a choice only when written as a label —
+  ``(B)``, ``B.``, ``B)``, ``B:``, ``option B``, ``choice B`` or a bare ``B`` — so the article of
+  "a right triangle" is not option A. A single-letter gold is a choice label when it is one of
+  the known ``choices`` (a list, A first, or a letter → text dict) or, without choices, an upper-case
+  letter or ``(b)``; a lower-case bare gold such as ``e`` is math (``2.71828`` and ``e^{1}`` match it).
+  With choices the option text counts for its letter both ways, and leading articles are ignored.
+  A gold of several labels (``AB``, ``A, C``) needs exactly that set of labels.
   Against a non-letter gold, a leading label is dropped: ``(A) 12`` = ``12``.
 * **Structures**: tuples / intervals are ordered and two-item brackets must match exactly
   (``(1,2)`` ≠ ``[1,2)``); sets, bare lists, ``\\pm`` expansions and unions are unordered.
-  A bare list equals a parenthesised tuple with the same order.
-* **Text**: answers that are words compare case-insensitively.
+  A bare list equals a parenthesised tuple with the same order. Ratios (``a:b``) compare part by
+  part; a ratio of two numbers (not a clock time) also equals its quotient. Named values compare
+  with their names (``a=2, b=1`` ≠ ``a=1, b=2``). Answers of different shapes (a tuple against a set,
+  two values against three, a part of an equation against the equation) are wrong with the reason
+  ``structure``, which no second opinion overrides.
+* **Text**: answers that are words compare case-insensitively, leading articles ignored.
 * **Symbolic** (SymPy via ``latex2sympy2_extended``): numeric constants are evaluated to 40 digits
   (equal within 1e-25 relative when both are exact, else the 1e-4 rule); expressions with free
   symbols are equal if ``expand(a-b) == 0`` or they agree at five rational points (else
@@ -55,11 +63,20 @@ MAX_SYMPY_CHARS = 1000
 MAX_ITEMS = 64
 RANDOM_POINTS = 5
 
-_GOLD_LETTER = re.compile(r"\(?([A-Za-z])\)?\.?")
-_PRED_LETTER = re.compile(
-    r"(?:(?:option|choice|answer)\s*:?\s*)?\(?([A-Za-z])\)?(?=$|[\s.:),])", re.IGNORECASE
+_GOLD_LETTER = re.compile(r"(?P<paren>\()?(?P<letter>[A-Za-z])(?(paren)\))\.?")
+_PRED_LABELS = (
+    re.compile(r"(?:option|choice)\s*:?\s*\(?(?P<letter>[A-Za-z])\)?(?![A-Za-z])", re.IGNORECASE),
+    re.compile(r"\((?P<letter>[A-Za-z])\)"),
+    re.compile(r"(?P<letter>[A-Z])[.:)](?=\s|$)"),
+    re.compile(r"(?P<letter>[A-Z])(?=\s+(?:is|because|since)\b)"),
+    re.compile(r"(?P<letter>[A-Za-z])$"),
 )
-_CHOICE_LABEL = re.compile(r"(?:\(([A-Ja-j])\)|([A-J])[.:)])\s*(?P<rest>\S.*)", re.DOTALL)
+_SEVERAL_LETTERS = re.compile(r"[A-J]{2,5}|[A-J](?:\s*(?:,|;|and|&)\s*[A-J]){1,4}")
+_OTHER_LABEL = re.compile(r"(?<![A-Za-z\\])\(?[A-J]\)?(?![A-Za-z])")
+_ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.IGNORECASE)
+_OPAQUE = re.compile(r"<|>|\\[lg]eq?(?![a-z])|\\neq|\\begin|\\in(?![a-z])|\\cup|\\cap|\\setminus")
+_DECIMAL_COMMA = re.compile(r"-?\d+,\d+")
+_THOUSANDS_FORM = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+")
 _DECIMAL = re.compile(r"\d\.\d|(?<![\w\\])\.\d|\d[eE][-+]?\d")
 
 
@@ -87,6 +104,9 @@ def compare_answers(pred: str | None, gold: str | None, choices=None, *, allow_s
     pred, gold = str(pred), str(gold)
     if clean_latex(pred) == clean_latex(gold):
         return Verdict(True, "exact")
+    by_comma = _decimal_comma(pred.strip().strip("$").strip(), gold.strip().strip("$").strip())
+    if by_comma is not None:
+        return by_comma
     by_choice = _compare_choices(pred, gold, choices, allow_sympy)
     if by_choice is not None:
         return by_choice
@@ -95,6 +115,17 @@ def compare_answers(pred: str | None, gold: str | None, choices=None, *, allow_s
     comparer = _Comparer(allow_sympy)
     correct = comparer.nodes(parse_answer(pred), parse_answer(gold))
     return Verdict(correct, comparer.reason(correct))
+
+
+def _decimal_comma(pred: str, gold: str) -> Verdict | None:
+    """``1,22`` (no space, not a thousands group) against ``1.22``: the same number in a decimal-comma locale."""
+    for comma, point in ((pred, gold), (gold, pred)):
+        if not _DECIMAL_COMMA.fullmatch(comma) or _THOUSANDS_FORM.fullmatch(comma) or "." not in point:
+            continue
+        number = parse_plain_number(clean_latex(point))
+        if number is not None:
+            return Verdict(Fraction(comma.replace(",", ".")) == number.value, "numeric")
+    return None
 
 
 # ---------------------------------------------------------------- multiple choice
@@ -113,28 +144,64 @@ def _choice_map(choices) -> dict[str, str]:
     return {chr(ord("A") + index): str(value) for index, value in enumerate(choices)}
 
 
+def _pred_label(pred: str) -> tuple[str, str] | None:
+    """``(LETTER, rest)`` when the prediction starts with a choice label (module docstring)."""
+    for pattern in _PRED_LABELS:
+        match = pattern.match(pred)
+        if match is not None:
+            return match.group("letter").upper(), pred[match.end() :].strip(" .:")
+    return None
+
+
+def _gold_label(gold: str, options: dict[str, str]) -> str | None:
+    match = _GOLD_LETTER.fullmatch(gold)
+    if match is None:
+        return None
+    letter = match.group("letter")
+    if options:
+        return letter.upper() if letter.upper() in options else None
+    return letter.upper() if letter.isupper() or match.group("paren") else None
+
+
+def _letter_set(text: str, options: dict[str, str]) -> frozenset[str] | None:
+    """``AB``, ``A, B`` or ``A and C``: several choice labels (multiple-answer questions)."""
+    if not _SEVERAL_LETTERS.fullmatch(text):
+        return None
+    letters = frozenset(re.findall(r"[A-J]", text))
+    if options and not letters <= options.keys():
+        return None
+    return letters
+
+
 def _compare_choices(pred: str, gold: str, choices, allow_sympy: bool) -> Verdict | None:
     options = _choice_map(choices)
-    gold_letter = _GOLD_LETTER.fullmatch(_plain(gold))
-    pred_letter = _PRED_LETTER.match(_plain(pred))
-    if gold_letter is not None:
-        letter = gold_letter.group(1).upper()
-        if pred_letter is not None:
-            return Verdict(pred_letter.group(1).upper() == letter, "choice")
+    gold_letters = _letter_set(_plain(gold), options)
+    if gold_letters is not None:
+        pred_letters = _letter_set(_plain(pred), options)
+        single = _pred_label(_plain(pred))
+        if pred_letters is None and single is not None and not single[1]:
+            pred_letters = frozenset(single[0])
+        return Verdict(pred_letters == gold_letters, "choice")
+    plain_pred = _plain(pred)
+    label = _pred_label(plain_pred)
+    letter = _gold_label(_plain(gold), options)
+    if letter is not None:
+        if label is not None and _OTHER_LABEL.search(label[1]):
+            return Verdict(False, "ambiguous")  # "(B) or (C)": hedging between options
+        if label is not None:
+            return Verdict(label[0] == letter, "choice")
         if letter in options:
             by_text = compare_answers(pred, options[letter], allow_sympy=allow_sympy)
             return Verdict(by_text.correct, "choice")
-        return Verdict(False, "mismatch")
-    if pred_letter is None:
+        return Verdict(False, "choice")
+    if label is None:
         return None
-    label = pred_letter.group(1).upper()
-    if label in options and not _plain(pred)[pred_letter.end() :].strip(" ."):
-        by_text = compare_answers(options[label], gold, allow_sympy=allow_sympy)
-        return Verdict(by_text.correct, "choice")
-    labelled = _CHOICE_LABEL.fullmatch(_plain(pred))
-    if labelled is not None:  # "(A) 12" against the gold "12": the option text counts
-        return compare_answers(labelled.group("rest"), gold, choices, allow_sympy=allow_sympy)
-    return None
+    letter, rest = label
+    if not rest:
+        if letter not in options:
+            return None  # a bare letter against a non-letter gold: it is math ("x" against "y")
+        return Verdict(compare_answers(options[letter], gold, allow_sympy=allow_sympy).correct, "choice")
+    return compare_answers(rest, gold, choices, allow_sympy=allow_sympy)  # "(A) 12" against "12"
 
 
 # ---------------------------------------------------------------- structures and scalars
@@ -153,7 +220,10 @@ class _Comparer:
 
     def reason(self, correct: bool) -> str:
         if not correct:
-            return "unparsable" if "unparsable" in self.used else "mismatch"
+            for problem in ("structure", "unparsable"):
+                if problem in self.used:
+                    return problem
+            return "mismatch"
         for method in ("symbolic", "numeric", "text"):
             if method in self.used:
                 return method
@@ -162,30 +232,55 @@ class _Comparer:
     def nodes(self, pred: Scalar | Group, gold: Scalar | Group) -> bool:
         if isinstance(pred, Scalar) and isinstance(gold, Scalar):
             return self.scalars(pred, gold)
+        if "ratio" in (getattr(pred, "kind", ""), getattr(gold, "kind", "")):
+            return self._ratios(pred, gold)
+        if isinstance(pred, Scalar) or isinstance(gold, Scalar):
+            scalar = pred if isinstance(pred, Scalar) else gold
+            if _OPAQUE.search(scalar.text):
+                return self._structure(scalar)
         pred, gold = _as_group(pred), _as_group(gold)
         if max(len(pred.items), len(gold.items)) > MAX_ITEMS:
             return False  # only an exact match (checked first) decides answers this long
         if pred.kind == "bracket" or gold.kind == "bracket":
             return self._brackets(pred, gold)
         if (pred.kind == "union") != (gold.kind == "union"):
-            return False
+            return self._structure()
         return self._unordered(pred.items, gold.items)
+
+    def _structure(self, *nodes: Scalar | Group) -> bool:
+        """Different shapes: wrong, and no second opinion may say otherwise — unless one side is a
+        relation or matrix the rules keep as one expression (``-x > -1``, ``1 \\leq |z| \\leq 2``)."""
+        opaque = any(isinstance(node, Scalar) and _OPAQUE.search(node.text) for node in nodes)
+        self.used.add("unparsable" if opaque else "structure")
+        return False
+
+    def _ratios(self, pred: Scalar | Group, gold: Scalar | Group) -> bool:
+        both = isinstance(pred, Group) and isinstance(gold, Group)
+        if both and pred.kind == gold.kind == "ratio" and len(pred.items) == len(gold.items):
+            return all(self.nodes(p, g) for p, g in zip(pred.items, gold.items))
+        ratio, other = (pred, gold) if getattr(pred, "kind", "") == "ratio" else (gold, pred)
+        quotient = _ratio_quotient(ratio)
+        if isinstance(other, Scalar) and quotient is not None:
+            return self.scalars(quotient, other) if ratio is pred else self.scalars(other, quotient)
+        return self._structure()
 
     def _brackets(self, pred: Group, gold: Group) -> bool:
         if len(pred.items) != len(gold.items):
-            return False
+            return self._structure()
         if pred.kind == gold.kind == "bracket":
             if len(pred.items) == 2 and (pred.open, pred.close) != (gold.open, gold.close):
-                return False  # intervals: open and closed ends differ
+                return self._structure()  # intervals: open and closed ends differ
         else:
             bracket, other = (pred, gold) if pred.kind == "bracket" else (gold, pred)
             if other.kind != "list" or bracket.open not in ("(", "\\langle"):
-                return False
+                return self._structure()
         return all(self.nodes(p, g) for p, g in zip(pred.items, gold.items))
 
     def _unordered(self, pred_items: tuple, gold_items: tuple) -> bool:
         if not pred_items or not gold_items:
             return not pred_items and not gold_items
+        if len(pred_items) != len(gold_items) and (len(pred_items) == 1 or len(gold_items) == 1):
+            return self._structure()  # one value of several is not the answer (nor several for one)
         matched_gold: set[int] = set()
         for pred_item in pred_items:
             hits = [index for index, gold_item in enumerate(gold_items) if self.nodes(pred_item, gold_item)]
@@ -195,21 +290,27 @@ class _Comparer:
         return len(matched_gold) == len(gold_items)
 
     def scalars(self, pred: Scalar, gold: Scalar) -> bool:
+        if pred.lhs and gold.lhs and pred.lhs != gold.lhs and "(" not in pred.lhs + gold.lhs:
+            return self._structure()  # "a=2" is not "b=2" (but "y = 2x" may answer "f(x) = 2x")
         if pred.text == gold.text:
             return True
         if not pred.text or not gold.text:
             return False
+        if len(pred.text) == len(gold.text) == 1 and pred.text.isalpha() and gold.text.isalpha():
+            return self._structure()  # "E" is not "e": one-letter answers are case-sensitive symbols
         if "=" in pred.text and gold.equation and "=" not in gold.text:
             gold = make_scalar(gold.equation)  # "y=2x+1" vs "2y=4x+2": compare whole equations
         elif "=" in gold.text and pred.equation and "=" not in pred.text:
             pred = make_scalar(pred.equation)
+        if ("=" in pred.text) != ("=" in gold.text):
+            return self._structure()  # an equation against a value: "0" is not "3x+4y+14=0"
         pred_number, gold_number = parse_plain_number(pred.text), parse_plain_number(gold.text)
         if pred_number is not None and gold_number is not None:
             self.used.add("numeric")
             return _numbers_equal(pred_number, gold_number, pred, gold)
         if _is_words(pred.text) or _is_words(gold.text):
             self.used.add("text")
-            return pred.text.lower() == gold.text.lower()
+            return _words(pred.text) == _words(gold.text)
         if not self.allow_sympy:
             raise NeedsSympy(f"{pred.text!r} vs {gold.text!r}")
         self.used.add("symbolic")
@@ -221,6 +322,21 @@ class _Comparer:
 
 def _is_words(text: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z][A-Za-z '\-]*", text) and re.search(r"[A-Za-z]{3,}", text))
+
+
+def _words(text: str) -> str:
+    return _ARTICLE.sub("", " ".join(text.lower().split()))
+
+
+def _ratio_quotient(ratio: Group) -> Scalar | None:
+    """``a:b`` as the number ``a/b`` when both parts are numbers and it is not a clock time."""
+    if ratio.open == ":" or len(ratio.items) != 2:
+        return None
+    numerator, denominator = (parse_plain_number(item.text) for item in ratio.items)
+    if numerator is None or denominator is None or denominator.value == 0:
+        return None
+    value = Fraction(numerator.value) / Fraction(denominator.value)
+    return Scalar(f"{value.numerator}/{value.denominator}" if value.denominator != 1 else str(value.numerator))
 
 
 def _value_readings(number: Number, scalar: Scalar, other: Scalar) -> list[Fraction | float]:

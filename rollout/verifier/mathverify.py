@@ -11,7 +11,7 @@ and ``timeout_seconds=None``: these functions must only be called inside the kil
   wrapped in ``$…$`` first, since bare LaTeX golds do not parse otherwise);
 * ``mathverify_equal`` — its verdict for an already parsed pair;
 * ``mathverify_compare`` — Math-Verify alone, as its README uses it (the baseline of
-  ``sophia-profile verifier --against math-verify``).
+  ``sophia-profile verifier --against math-verify``, run in a ``VerifierPool(raw=True)``).
 """
 
 from __future__ import annotations
@@ -64,8 +64,10 @@ def mathverify_equal(gold: tuple, prediction: tuple) -> bool:
     return bool(verify(list(gold), list(prediction), timeout_seconds=None))
 
 
-def mathverify_compare(extracted: str, gold: str, choices=None, response: str | None = None) -> tuple[bool, str]:
-    """Math-Verify alone on the response (or the extracted answer when no response is given)."""
-    prediction = parse_prediction(response if response is not None else extracted)
-    correct = mathverify_equal(parse_gold(gold), prediction)
+def mathverify_compare(prediction: str, gold: str, choices=None, context=None) -> tuple[bool, str]:
+    """Math-Verify alone, as its README uses it: ``verify(parse(gold), parse(prediction))``.
+
+    The pool's check signature: with ``VerifierPool(raw=True)`` ``prediction`` is the whole response.
+    """
+    correct = mathverify_equal(parse_gold(gold), parse_prediction(prediction))
     return correct, "math_verify" if correct else "mismatch"

@@ -15,9 +15,14 @@ Rules decided here (documented so that tests can pin them):
 
 * thousands separators: the whole answer ``-?d{1,3}(,ddd)+`` (groups of exactly three digits) is
   one number (``1,000`` → ``1000``); anything else with a comma is a list (``1,2`` stays two items);
-* plain-text equations: a leading simple left-hand side (``x =``, ``f(x) =``, ``x \\in``, ``(x, y) =``)
-  is dropped; ``2+3=5`` keeps its last part when that is a number; other equations stay whole;
-* ``var < c`` / ``a < var \\leq b`` become intervals; ``a \\pm b`` becomes the list ``{a-b, a+b}``;
+* plain-text equations: a leading simple left-hand side (``x =``, ``f(x) =``, ``x \\in``, ``(x, y) =``,
+  ``S_1:S_2 =``) is dropped and remembered (``lhs``: ``a=2, b=1`` is not ``a=1, b=2``); ``2+3=5``
+  keeps its last part when that is a number and the left side has no variable; other equations
+  (``3x+4y+14=0``, ``x^2+y^2=1``) stay whole, so a part of them is never the answer;
+* ``var < c``, ``c > var`` and ``a < var \\leq b`` become intervals; ``a \\pm b`` becomes the list
+  ``{a-b, a+b}``; ``a:b`` is an ordered ``ratio`` (``12:00`` is not ``1:00``, ``5:0`` is not ``7:0``);
+* spelling: ``\\gt``/``\\lt``, doubled backslashes (``\\\\frac``), ``11,\\!111``, ``pct`` and
+  ``percentage`` are read as ``>``/``<``, ``\\frac``, ``11111`` and ``%``;
 * units: a ``\\text{…}``/``\\mathrm{…}`` after a value is a unit and is dropped (``5\\text{ cm}`` → ``5``),
   as are common multi-letter plain-text units (``cm``, ``kg``, ``meters``…); single-letter plain
   units are kept (``5m`` may be algebra).
@@ -52,22 +57,33 @@ _DELIMITER_SIZES = re.compile(
 _DEGREE = re.compile(
     r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|\s*(?<![A-Za-z])degrees?(?![A-Za-z])"
 )
-_PERCENT = re.compile(r"\\%|%|\s*(?<![A-Za-z])percent(?![A-Za-z])")
+_PERCENT = re.compile(r"\\%|%|\s*(?<![A-Za-z])(?:percentage|percent|pct)(?![A-Za-z])")
 _PLAIN_UNITS = re.compile(
     r"(?<=[\d}.)])\s*(?:cm|mm|km|kg|mg|ml|mL|sq\s*units?|square\s+units|cubic\s+units|units?|meters?|metres?|"
     r"feet|foot|ft|inches|inch|miles?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|years?|dollars?|"
     r"cents?|grams?|liters?|litres?|mph|km/h|m/s|kmph|sq\s*m|sq\s*cm)(?:\^\{?\d\}?|\u00b2|\u00b3)?$"
 )
-_THOUSANDS = re.compile(r"(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?)(?![\d,./])")
-_CONNECTORS = re.compile(r"\\text\{\s*(?:or|and|,)\s*\}|\s+(?:or|and)\s+")
+_THOUSANDS = re.compile(r"(-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?)(?![\d,./])")
+_CONNECTORS = re.compile(
+    r"\\text\{\s*(?:or|and|,)\s*\}|\s+(?:or|and)\s+|(?<=[)\]}])\s*(?:or|and)\s*(?=[(\[{\\])"
+)
 _SIMPLE_LHS = re.compile(
     r"(?:[A-Za-z](?:_\{?\w+\}?)?'*|\\[A-Za-z]+(?:_\{?\w+\}?)?|[A-Za-z]+\([A-Za-z](?:,[A-Za-z])*\)|"
-    r"\((?:[A-Za-z](?:_\{?\w+\}?)?,)+[A-Za-z](?:_\{?\w+\}?)?\)|\\angle ?[A-Za-z]+|[A-Z]{2,3})"
+    r"\((?:[A-Za-z](?:_\{?\w+\}?)?,)+[A-Za-z](?:_\{?\w+\}?)?\)|\\angle ?[A-Za-z]+|[A-Z]{2,3}|"
+    r"[A-Za-z](?:_\{?\w+\}?)?:[A-Za-z](?:_\{?\w+\}?)?)"
 )
+_DOUBLED_BACKSLASH = re.compile(
+    r"\\\\(?=(?:[dtc]?frac|sqrt|left|right|text|math[a-z]+|boxed|l[et]q?|g[et]q?|neq?|cdot|times|pi|"
+    r"infty|in|cup|cap|pm|mp|circ|degree|sin|cos|tan|cot|sec|csc|log|ln|exp|alpha|beta|gamma|theta|"
+    r"lambda|mu|sigma|omega|angle|triangle|dots|ldots|cdots|quad|qquad|approx|begin|end)(?![A-Za-z]))"
+)
+_FLIPPED_OPS = {"<": ">", ">": "<", "\\leq": "\\geq", "\\geq": "\\leq", "\\le": "\\ge", "\\ge": "\\le"}
+_CLOCK = re.compile(r"\d{1,2}:\d{2}")
 _VAR = r"(?:[A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)"
 _LESS = r"(?:<|\\leq|\\le(?![a-z]))"
 _MORE = r">|\\geq|\\ge(?![a-z])"
 _ONE_SIDED = re.compile(rf"(?P<var>{_VAR}) ?(?P<op>{_LESS}|{_MORE}) ?(?P<value>[^<>=]+)")
+_ONE_SIDED_FLIPPED = re.compile(rf"(?P<value>[^<>=]+?) ?(?P<op>{_LESS}|{_MORE}) ?(?P<var>{_VAR})")
 _TWO_SIDED = re.compile(
     rf"(?P<low>[^<>=]+?)(?P<op1>{_LESS}) ?(?P<var>{_VAR}) ?(?P<op2>{_LESS}) ?(?P<high>[^<>=]+)"
 )
@@ -88,6 +104,7 @@ class Scalar:
     percent: bool = False
     degree: bool = False
     equation: str | None = None  # the whole "lhs = text" when a simple left-hand side was dropped
+    lhs: str | None = None  # that left-hand side ("a" of "a=2"): two named values must name the same thing
 
 
 @dataclass(frozen=True)
@@ -171,7 +188,9 @@ def _collapse_spaces(text: str) -> str:
 @functools.lru_cache(maxsize=8192)  # gold answers repeat across the K x N trajectories of a question
 def clean_latex(text: str) -> str:
     """Whole-answer clean-up that keeps the structure (brackets, commas) intact."""
-    text = str(text).translate(_UNICODE_TABLE).strip()
+    text = _DOUBLED_BACKSLASH.sub(r"\\", str(text).translate(_UNICODE_TABLE)).strip()
+    text = re.sub(r"\\gt(?![A-Za-z])", ">", re.sub(r"\\lt(?![A-Za-z])", "<", text))
+    text = re.sub(r"(?<=\d),\\!\s*(?=\d{3})", ",", text)  # "11,\!111": a thousands separator
     text = re.sub(r"^\$+|\$+$", "", text).strip()
     text = re.sub(r"^\\[(\[]|\\[)\]]$", "", text).strip()
     text = _DELIMITER_SIZES.sub("", text)
@@ -288,14 +307,26 @@ def parse_answer(text: str, depth: int = 0) -> Scalar | Group:
     items = split_top_level(text, (",", ";"))
     if len(items) > 1:
         return Group("list", tuple(parse_answer(item, depth + 1) for item in items if item))
-    return _parse_item(text, depth)
+    return _parse_ratio(text, depth) or _parse_item(text, depth)
+
+
+def _parse_ratio(text: str, depth: int) -> Group | None:
+    """``a:b`` (not ``x:y = …``, whose left side is dropped first) as an ordered ratio; clock times too."""
+    parts = split_top_level(text, (":",))
+    if len(parts) < 2 or not all(part.strip() for part in parts) or "=" in text:
+        return None
+    return Group("ratio", tuple(make_scalar(part) for part in parts), open=":" if _CLOCK.fullmatch(text) else "")
 
 
 def _parse_item(text: str, depth: int) -> Scalar | Group:
     rhs = _drop_left_hand_side(text)
     if rhs != text:
         node = parse_answer(rhs, depth + 1)
-        return replace(node, equation=text) if isinstance(node, Scalar) and "=" in text else node
+        if isinstance(node, Scalar) and "=" in text:
+            lhs = split_top_level(text, ("=",))[0]
+            named = _SIMPLE_LHS.fullmatch(_strip_text_commands(lhs)) is not None
+            return replace(node, equation=text, lhs=_collapse_spaces(lhs) if named else None)
+        return node
     if "\\pm" in text or "\\mp" in text:
         plus = text.replace("\\pm", "+").replace("\\mp", "-")
         minus = text.replace("\\pm", "-").replace("\\mp", "+")
@@ -316,9 +347,14 @@ def _drop_left_hand_side(text: str) -> str:
     last = parts[-1]
     if _SIMPLE_LHS.fullmatch(_strip_text_commands(parts[0])):
         return last
-    if parse_plain_number(make_scalar(last).text) is not None:
-        return last
+    if parse_plain_number(make_scalar(last).text) is not None and not _has_variable(parts[0]):
+        return last  # "2+3=5": a computation ending in its value; "3x+4y+14=0" stays whole
     return text
+
+
+def _has_variable(text: str) -> bool:
+    """A letter outside LaTeX command names (``\\frac``, ``\\sqrt``, ``\\times`` are not variables)."""
+    return bool(re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", _strip_text_commands(text))))
 
 
 def _inequality_interval(text: str) -> Group | None:
@@ -329,9 +365,14 @@ def _inequality_interval(text: str) -> Group | None:
         items = (make_scalar(two.group("low")), make_scalar(two.group("high")))
         return Group("bracket", items, low_open, high_close)
     one = _ONE_SIDED.fullmatch(text)
-    if one is None:
+    flipped = None if one else _ONE_SIDED_FLIPPED.fullmatch(text)
+    if one is None and flipped is None:
         return None
-    op, value = one.group("op"), make_scalar(one.group("value"))
+    if flipped is not None:  # "5 \\geq x" is "x \\leq 5"
+        one, op = flipped, _FLIPPED_OPS[flipped.group("op")]
+    else:
+        op = one.group("op")
+    value = make_scalar(one.group("value"))
     strict = op in ("<", ">")
     if op == "<" or op.startswith("\\le"):
         return Group("bracket", (Scalar("-\\infty"), value), "(", ")" if strict else "]")

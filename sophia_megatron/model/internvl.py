@@ -23,16 +23,23 @@ from sophia_megatron.model.vision import VisionPath
 
 
 def language_config(arch: InternVLArch, *, tp: int, pp: int, params_dtype: torch.dtype = torch.float32,
-                    sequence_parallel: bool = False, fusions: bool = False, **overrides: Any) -> Any:
-    """The Megatron ``TransformerConfig`` of the language backbone (Qwen2 or InternLM2)."""
+                    sequence_parallel: bool = False, fusions: bool = False, first_stage_layers: int | None = None,
+                    last_stage_layers: int | None = None, **overrides: Any) -> Any:
+    """The Megatron ``TransformerConfig`` of the language backbone (Qwen2 or InternLM2).
+
+    ``first_stage_layers`` / ``last_stage_layers``: an uneven pipeline split (None: even), placed
+    as ``conversion.megatron_layout.stage_sizes`` places it.
+    """
     from megatron.core.transformer import TransformerConfig
 
+    from conversion.convert import Layout, check_layout
+
+    # the one TP/PP-vs-architecture check (conversion uses it too)
+    check_layout(arch, Layout(tp, pp, first_stage_layers=first_stage_layers, last_stage_layers=last_stage_layers))
+    if pp > 1:
+        overrides.update(num_layers_in_first_pipeline_stage=first_stage_layers,
+                         num_layers_in_last_pipeline_stage=last_stage_layers)
     lm = arch.language
-    if lm.num_heads % tp or lm.num_query_groups % tp:
-        raise ValueError(f"TP={tp} must divide the {lm.num_heads} attention heads and the "
-                         f"{lm.num_query_groups} query groups")
-    if lm.num_layers % pp:
-        raise ValueError(f"PP={pp} must divide the {lm.num_layers} language layers")
     return TransformerConfig(
         num_layers=lm.num_layers, hidden_size=lm.hidden_size, num_attention_heads=lm.num_heads,
         num_query_groups=lm.num_query_groups, ffn_hidden_size=lm.ffn_hidden_size, kv_channels=lm.head_dim,
@@ -43,17 +50,42 @@ def language_config(arch: InternVLArch, *, tp: int, pp: int, params_dtype: torch
         params_dtype=params_dtype, pipeline_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
         use_cpu_initialization=not torch.cuda.is_available(), init_method_std=0.02,
         bias_activation_fusion=fusions, bias_dropout_fusion=fusions, masked_softmax_fusion=fusions,
-        apply_rope_fusion=fusions, persist_layer_norm=fusions, gradient_accumulation_fusion=False,
+        apply_rope_fusion=fusions and _have_transformer_engine(),  # Megatron's fused RoPE is TE's
+        persist_layer_norm=False,  # apex LayerNorm only; RMSNorm layers (local: torch) reject it gradient_accumulation_fusion=False,
         **overrides,
     )
 
 
+def _have_transformer_engine() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
 def layer_spec(kind: Literal["local", "te"]) -> Any:
+    """Megatron's layer spec; the local one declares its attention mask ``arbitrary``.
+
+    With the local spec, packed samples are kept apart by a block-diagonal causal mask. Under
+    ``masked_softmax_fusion`` with fp16/bf16, Megatron's ``FusedScaleMaskSoftmax`` serves a
+    ``causal`` mask type with ``ScaledUpperTriangMaskedSoftmax``, which never reads the mask:
+    samples of a pack would attend to each other. For any other mask type both the fused kernel
+    (``ScaledMaskedSoftmax``) and the torch fallback apply the mask we pass, so the model always
+    passes one (``causal_mask`` when the caller gives none).
+    """
     from megatron.core.models.gpt import gpt_layer_specs
+    from megatron.core.transformer.enums import AttnMaskType
 
     if kind == "te":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    attention = spec.submodules.self_attention
+    attention.params = {**attention.params, "attn_mask_type": AttnMaskType.arbitrary}
+    return spec
+
+
+def causal_mask(length: int, device: Any = None) -> torch.Tensor:
+    """[1, 1, L, L] bool, True = masked: plain causal attention over one sequence."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).triu(1).view(1, 1, length, length)
 
 
 class InternVLModel(nn.Module):
@@ -64,7 +96,7 @@ class InternVLModel(nn.Module):
         super().__init__()
         from megatron.core.models.gpt import GPTModel
 
-        self.arch, self.config = arch, config
+        self.arch, self.config, self.spec = arch, config, spec
         self.pre_process, self.post_process = pre_process, post_process
         self.model_type = None
         tp = config.tensor_model_parallel_size
@@ -115,6 +147,8 @@ class InternVLModel(nn.Module):
                 attention_mask: torch.Tensor | None, labels: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, packed_seq_params: Any = None) -> torch.Tensor:
         decoder_input = self.embed(input_ids, position_ids, pixel_values) if self.pre_process else None
+        if attention_mask is None and self.spec == "local" and packed_seq_params is None:
+            attention_mask = causal_mask(input_ids.shape[1], input_ids.device)  # see layer_spec
         output = self.language_model(input_ids, position_ids, attention_mask, decoder_input=decoder_input,
                                      packed_seq_params=packed_seq_params)
         if labels is None or not self.post_process:

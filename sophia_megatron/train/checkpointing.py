@@ -1,19 +1,23 @@
 """Training checkpoints: Megatron distributed checkpoints for exact resumption, torch for export.
 
 ``save_training_state`` writes ``SAVE/iter_NNNNNNN/`` with Megatron ``dist_checkpointing``
-(the language model's sharded state, the distributed optimizer's state and the LR schedule,
-resharding-capable), then ``SAVE/latest_checkpointed_iteration.txt`` last, so an interrupted
-save is never picked up. The frozen vision path is not saved: it is re-read from the
-converted checkpoint, which ``SAVE/sophia_meta.json`` points to. The data position is the
-step itself (the loader seeks in O(1)), so weights + optimizer + schedule + step is the
-whole state of a run.
+(the language model's sharded state, the distributed optimizer's state and the LR schedule),
+then ``SAVE/latest_checkpointed_iteration.txt`` last, so an interrupted save is never picked
+up. The frozen vision path is not saved: it is re-read from the converted checkpoint, which
+``SAVE/sophia_meta.json`` (kind "training", ``sophia_common.mcore_checkpoint``) points to. The
+data position is the step itself (the loader seeks in O(1)), so weights + optimizer + schedule
++ step is the whole state of a run -- provided the run is the same run: ``check_same_run``
+refuses to resume when the source checkpoint, the dataset or a key that changes the saved
+state's layout or the data order differs from what the save recorded.
 
-``export_torch`` writes the current weights in the converter's torch layout (same keys as
-``sophia-convert hf-to-mcore`` output), so ``sophia-convert mcore-to-hf`` exports them.
+``write_rank_weights`` + ``write_export_meta`` write the current weights in the converter's
+torch layout (same keys as ``sophia-convert hf-to-mcore`` output), so ``sophia-convert
+mcore-to-hf`` exports them. Neither makes a collective call: the caller owns the barriers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -24,16 +28,65 @@ import torch.distributed as dist
 
 from conversion.arch import padded_vocab_size
 from conversion.megatron_layout import stored_once
+from sophia_common.cli import UserError
+from sophia_common.mcore_checkpoint import (
+    CHECKPOINT_VERSION,
+    CONVERTED,
+    HF_FILES,
+    META_NAME,
+    RANK_FILE,
+    TrainingMeta,
+    iter_dir_name,
+    rank_dir_name,
+    read_meta,
+    read_tracker,
+    read_training_meta,
+    write_tracker,
+    write_training_meta,
+)
 
-TRACKER = "latest_checkpointed_iteration.txt"
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+# Keys whose change makes a saved state unusable (optimizer shards are laid out per TP/PP, parameter
+# names depend on the spec, dtypes on params_dtype) or changes which packs a step reads.
+IDENTITY_KEYS = ("mcore_dir", "mcore_meta_sha256", "data", "data_manifest_sha256", "tp", "pp", "spec",
+                 "params_dtype", "data_seed", "packs_per_step")
 
 
 def latest_step(save_dir: str | Path | None) -> int | None:
     if not save_dir:
         return None
-    tracker = Path(save_dir) / TRACKER
-    return int(tracker.read_text().strip()) if tracker.is_file() else None
+    step = read_tracker(save_dir)
+    if step == "release":
+        raise UserError(f"{Path(save_dir)}: tracker says 'release'; a training run saves numbered iterations")
+    return step
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+def run_identity(*, mcore_dir: str, data: str, tp: int, pp: int, spec: str, params_dtype: str, data_seed: int,
+                 packs_per_step: int) -> dict[str, Any]:
+    """What a resumed run must find unchanged (see ``IDENTITY_KEYS``)."""
+    from sophia_common.contract import MANIFEST_NAME
+
+    return {"mcore_dir": str(Path(mcore_dir).resolve()), "mcore_meta_sha256": _sha256(Path(mcore_dir) / META_NAME),
+            "data": str(Path(data).resolve()), "data_manifest_sha256": _sha256(Path(data) / MANIFEST_NAME),
+            "tp": tp, "pp": pp, "spec": spec, "params_dtype": params_dtype, "data_seed": data_seed,
+            "packs_per_step": packs_per_step}
+
+
+def check_same_run(save_dir: str | Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume from ``save_dir`` when this run is not the run that saved there."""
+    saved = read_training_meta(save_dir)
+    recorded = dict(saved.identity) or {"mcore_dir": str(Path(saved.mcore_dir).resolve()),
+                                        "data": str(Path(saved.data).resolve()), "tp": saved.tp, "pp": saved.pp}
+    changed = [f"{key}: saved {recorded[key]!r}, now {identity.get(key)!r}"
+               for key in IDENTITY_KEYS if key in recorded and recorded[key] != identity.get(key)]
+    if changed:
+        raise UserError(f"{Path(save_dir) / META_NAME}: checkpoint.save_dir holds another run ({'; '.join(changed)}); "
+                        f"resuming would mix the two. Use a new checkpoint.save_dir, or pass --no-resume to "
+                        f"start over in this one")
 
 
 def _state(model: Any, optimizer: Any, scheduler: Any, step: int, is_loading: bool) -> dict[str, Any]:
@@ -45,21 +98,19 @@ def _state(model: Any, optimizer: Any, scheduler: Any, step: int, is_loading: bo
 
 
 def save_training_state(save_dir: str | Path, step: int, model: Any, optimizer: Any, scheduler: Any,
-                        meta: dict[str, Any]) -> Path:
+                        meta: TrainingMeta) -> Path:
     from megatron.core import dist_checkpointing
 
     save_dir = Path(save_dir)
-    target = save_dir / f"iter_{step:07d}"
+    target = save_dir / iter_dir_name(step)
     if dist.get_rank() == 0:
         target.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     dist_checkpointing.save(_state(model, optimizer, scheduler, step, is_loading=False), str(target))
     dist.barrier()
     if dist.get_rank() == 0:
-        (save_dir / "sophia_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        tmp = save_dir / f".{TRACKER}.tmp"
-        tmp.write_text(str(step))
-        tmp.replace(save_dir / TRACKER)
+        write_training_meta(save_dir, meta)
+        write_tracker(save_dir, step)
     dist.barrier()
     return target
 
@@ -101,7 +152,7 @@ def load_training_state(save_dir: str | Path, step: int, model: Any, optimizer: 
 
     _seed_empty_adam_state(optimizer)
 
-    source = Path(save_dir) / f"iter_{step:07d}"
+    source = Path(save_dir) / iter_dir_name(step)
     state = dist_checkpointing.load(_state(model, optimizer, scheduler, step, is_loading=True), str(source))
     with torch.no_grad():  # fp32 main params are views of the model's parameters
         model.load_state_dict(state["model"], strict=False)
@@ -112,22 +163,28 @@ def load_training_state(save_dir: str | Path, step: int, model: Any, optimizer: 
         raise RuntimeError(f"{source}: holds iteration {state['iteration']}, tracker says {step}")
 
 
-def export_torch(out_dir: str | Path, model: Any, *, tp_rank: int, pp_rank: int, pp: int,
-                 source_mcore: str | Path) -> None:
-    """Write this rank's weights as ``OUT/iter_0000000/mp_rank_TT[_PPP]/model_optim_rng.pt``."""
-    out_dir = Path(out_dir)
-    rank_dir = out_dir / "iter_0000000" / (f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp > 1 else ""))
+def write_rank_weights(out_dir: str | Path, model: Any, *, tp_rank: int, pp_rank: int, pp: int) -> Path:
+    """Write this rank's weights as ``OUT/iter_0000000/mp_rank_TT[_PPP]/model_optim_rng.pt`` (no collectives)."""
+    rank_dir = Path(out_dir) / iter_dir_name(0) / rank_dir_name(tp_rank, pp_rank, pp)
     rank_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()
              if not k.endswith("_extra_state") and (tp_rank == 0 or not stored_once(k))}
-    torch.save({"model": state, "checkpoint_version": 3.0, "iteration": 0}, rank_dir / "model_optim_rng.pt")
-    dist.barrier()
-    if dist.get_rank() == 0:
-        source = Path(source_mcore)
-        meta = json.loads((source / "sophia_meta.json").read_text())
-        tp = model.config.tensor_model_parallel_size
-        meta.update(tp=tp, pp=pp, padded_vocab_size=padded_vocab_size(meta["arch"]["language"]["vocab_size"], tp))
-        (out_dir / "sophia_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        shutil.copytree(source / "hf_files", out_dir / "hf_files", dirs_exist_ok=True)
-        (out_dir / "latest_checkpointed_iteration.txt").write_text("0")
-    dist.barrier()
+    torch.save({"model": state, "checkpoint_version": CHECKPOINT_VERSION, "iteration": 0}, rank_dir / RANK_FILE)
+    return rank_dir
+
+
+def write_export_meta(out_dir: str | Path, *, tp: int, pp: int, source_mcore: str | Path,
+                      first_stage_layers: int | None = None, last_stage_layers: int | None = None) -> None:
+    """Finish an export directory once every rank's weights are in: metadata, HF files, tracker.
+
+    ``first_stage_layers`` / ``last_stage_layers``: the pipeline split the rank files were written
+    with (None: even), so the export reads each layer from the stage that holds it.
+    """
+    out_dir, source = Path(out_dir), Path(source_mcore)
+    meta = read_meta(source)
+    meta.update(kind=CONVERTED, tp=tp, pp=pp, first_stage_layers=first_stage_layers,
+                last_stage_layers=last_stage_layers,
+                padded_vocab_size=padded_vocab_size(meta["arch"]["language"]["vocab_size"], tp))
+    (out_dir / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.copytree(source / HF_FILES, out_dir / HF_FILES, dirs_exist_ok=True)
+    write_tracker(out_dir, 0)

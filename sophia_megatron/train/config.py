@@ -31,12 +31,18 @@ class ParallelSection:
     recompute: Literal["none", "selective", "full"] = doc(
         "activation recomputation: 'selective' (attention core), 'full' (every layer's input only)", "none")
     world_size: int | None = doc("GPUs the job runs on (for --dry-run; at run time the launcher decides)", None)
+    first_stage_layers: int | Literal["auto"] | None = doc(
+        "language layers on the first pipeline stage, which also runs the frozen vision tower (null: an even "
+        "split; 'auto': the split sophia-train --dry-run proposes, also filling last_stage_layers)", None)
+    last_stage_layers: int | None = doc(
+        "language layers on the last pipeline stage, which also holds the output layer and loss (null: an "
+        "even share); the middle stages share the remaining layers evenly", None)
 
 
 @dataclass
 class TrainSection:
-    mode: Literal["sophia", "sft"] = doc("'sophia': reward-weighted update; 'sft': every weight 1 (warm-up)",
-                                         "sophia")
+    mode: Literal["sophia", "sft", "grpo"] = doc("'sophia': reward-weighted update; 'sft': every weight 1 "
+                                                 "(warm-up); 'grpo': on-policy GRPO (grpo: section)", "sophia")
     steps: int = doc("optimizer steps", 10)
     packs_per_step: int = doc("packs per optimizer step over all data-parallel ranks (one pack = one "
                               "micro-batch); 0 derives it from global_batch_sequences", 0)
@@ -71,6 +77,8 @@ class CheckpointSection:
     save_interval: int = doc("save every N steps (0: only at the end)", 0)
     resume: bool = doc("continue from the latest checkpoint in save_dir when there is one", True)
     export_hf: str | None = doc("export the final model to this HF directory (source format)", None)
+    export_force: bool = doc("replace an existing export_hf directory (otherwise the run refuses to start)",
+                             False)
 
 
 @dataclass
@@ -102,6 +110,11 @@ class TrainRecipe:
         problems = []
         if self.parallel.tp < 1 or self.parallel.pp < 1:
             problems.append("parallel.tp and parallel.pp must be >= 1")
+        if (self.parallel.first_stage_layers, self.parallel.last_stage_layers) != (None, None) \
+                and self.parallel.pp == 1:
+            problems.append("parallel.first_stage_layers / last_stage_layers need parallel.pp > 1")
+        if self.parallel.first_stage_layers == "auto" and self.parallel.last_stage_layers is not None:
+            problems.append("parallel.first_stage_layers=auto chooses last_stage_layers too; set it to null")
         if self.parallel.sequence_parallel and self.parallel.tp == 1:
             problems.append("parallel.sequence_parallel needs parallel.tp > 1")
         if self.train.steps < 1:
@@ -133,7 +146,15 @@ def fp8_problems(recipe: TrainRecipe) -> list[str]:
 
 def check_runtime(recipe: TrainRecipe) -> None:
     """Refuse, with one clear message, a recipe this host cannot run."""
+    from pathlib import Path
+
     problems = fp8_problems(recipe) if recipe.fp8.recipe != "none" else []
+    if not Path(recipe.model.mcore_dir).is_dir():
+        problems.append(f"model.mcore_dir {recipe.model.mcore_dir}: directory does not exist (convert a model "
+                        "with sophia-convert hf-to-mcore, or fix model.mcore_dir)")
+    if not Path(recipe.data.path).is_dir():
+        problems.append(f"data.path {recipe.data.path}: directory does not exist (build a packed dataset with "
+                        "sophia-rollout pack, or fix data.path)")
     if recipe.model.spec == "te":
         import importlib.util
 

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from sophia_common.cli import UserError
 from sophia_common.log import get_logger
+from sophia_common.mcore_checkpoint import TrainingMeta
 from sophia_megatron import engine
 from sophia_megatron.data import MicroBatch, PackedDataset, PackStream
 from sophia_megatron.train import checkpointing
@@ -29,11 +33,10 @@ from sophia_megatron.train.loss import weighted_loss
 from sophia_megatron.train.metrics import MetricSinks, device_peak_tflops, lm_flops, vision_flops
 
 log = get_logger("sophia.train")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError):
+    """Too many consecutive non-finite losses (bad weights or data, or a diverged run): one clear line."""
 
 
 def block_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
@@ -67,7 +70,8 @@ def packed_forward_step(data_iterator: Any, model: Any, *, spec: str, device: An
                    pixel_values=None if mb.pixel_values is None else mb.pixel_values.to(device),
                    packed_seq_params=packed_seq_params(mb.cu_seqlens) if te else None)
     return output, functools.partial(weighted_loss, loss_weight=mb.loss_weight, cu_seqlens=mb.cu_seqlens,
-                                     loss_tokens=mb.loss_tokens, normalization=normalization)
+                                     loss_tokens=mb.loss_tokens, normalization=normalization,
+                                     loss_mask=mb.loss_mask)
 
 
 class Trainer:
@@ -76,6 +80,10 @@ class Trainer:
 
         self.recipe = recipe
         self.stop_requested = False
+        if recipe.checkpoint.export_hf:  # refuse before hours of training, not after
+            from conversion.output import check_output_path
+
+            check_output_path(Path(recipe.checkpoint.export_hf), recipe.checkpoint.export_force)
         for sig in (signal.SIGTERM, signal.SIGUSR1):  # first: SLURM may warn while the model builds
             signal.signal(sig, self._request_stop)
         par, tr = recipe.parallel, recipe.train
@@ -95,46 +103,28 @@ class Trainer:
     def _build_model(self) -> None:
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-        from sophia_megatron.checkpoint_io import load_into, read_arch
-        from sophia_megatron.model.internvl import InternVLModel, language_config
+        from sophia_megatron.checkpoint_io import read_arch
 
-        r, ps = self.recipe, self.pstate
+        r, ps, tr = self.recipe, self.pstate, self.recipe.train
+        from sophia_megatron.plan import training_split
+
         self.arch, self.meta = read_arch(r.model.mcore_dir)
-        # Packs differ in length, so pipeline stages exchange shapes; Megatron only allows that with
-        # the alltoall MoE dispatcher setting, even for dense models.
-        extra = {"calculate_per_token_loss": True, "variable_seq_lengths": True,
-                 "moe_token_dispatcher_type": "alltoall"}
-        if r.parallel.recompute == "full":
-            extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-        elif r.parallel.recompute == "selective":
-            extra.update(recompute_granularity="selective")
-        if r.fp8.recipe != "none":
-            extra.update(fp8="e4m3", fp8_recipe=r.fp8.recipe,
-                         first_last_layers_bf16=r.fp8.bf16_first_last_layers > 0,
-                         num_layers_at_start_in_bf16=r.fp8.bf16_first_last_layers,
-                         num_layers_at_end_in_bf16=r.fp8.bf16_first_last_layers)
-        self.config = language_config(self.arch, tp=ps.tp, pp=ps.pp, params_dtype=DTYPES[r.model.params_dtype],
-                                      sequence_parallel=r.parallel.sequence_parallel,
-                                      fusions=torch.cuda.is_available(), **extra)
-        model = InternVLModel(self.arch, self.config, pre_process=ps.is_first_stage,
-                              post_process=ps.is_last_stage, spec=r.model.spec,
-                              vision_dtype=DTYPES[r.model.vision_dtype])
-        load_into(model, r.model.mcore_dir, tp=ps.tp, pp=ps.pp, tp_rank=ps.tp_rank, pp_rank=ps.pp_rank,
-                  spec=r.model.spec)
-        model.to(self.device)
-        self.model = model
-        self.ddp = engine.wrap_ddp(model, self.config)
-        tr = r.train
-        self.optimizer = engine.build_optimizer([self.ddp], lr=tr.lr, weight_decay=tr.weight_decay,
-                                                clip_grad=tr.clip_grad, bf16=r.model.params_dtype == "bfloat16",
-                                                adam_beta1=tr.adam_beta1, adam_beta2=tr.adam_beta2,
-                                                min_lr=tr.lr * tr.min_lr_ratio)
+        first, last = training_split(r)  # uneven pipeline split (None: even)
+        self.config = engine.model_config(self.arch, tp=ps.tp, pp=ps.pp, params_dtype=r.model.params_dtype,
+                                          sequence_parallel=r.parallel.sequence_parallel,
+                                          recompute=r.parallel.recompute, fp8_recipe=r.fp8.recipe,
+                                          fp8_bf16_layers=r.fp8.bf16_first_last_layers,
+                                          first_stage_layers=first, last_stage_layers=last)
+        self.model = engine.build_model(self.arch, self.config, ps, spec=r.model.spec,
+                                        vision_dtype=r.model.vision_dtype, mcore_dir=r.model.mcore_dir)
+        self.ddp, self.optimizer = engine.build_training(self.model, self.config, engine.OptimizerSettings(
+            lr=tr.lr, weight_decay=tr.weight_decay, clip_grad=tr.clip_grad, adam_beta1=tr.adam_beta1,
+            adam_beta2=tr.adam_beta2, min_lr=tr.lr * tr.min_lr_ratio, bf16=r.model.params_dtype == "bfloat16"))
         self.scheduler = OptimizerParamScheduler(
             self.optimizer, init_lr=0.0 if tr.warmup_steps else tr.lr, max_lr=tr.lr,
             min_lr=tr.lr * tr.min_lr_ratio, lr_warmup_steps=tr.warmup_steps,
             lr_decay_steps=max(tr.steps, tr.warmup_steps + 1), lr_decay_style="cosine",
             start_wd=tr.weight_decay, end_wd=tr.weight_decay, wd_incr_steps=tr.steps, wd_incr_style="constant")
-        engine.attach_schedule_hooks(self.config, [self.ddp], self.optimizer)
 
     def _build_data(self) -> None:
         from sophia_common.tokenizer import load_tokenizer
@@ -157,17 +147,23 @@ class Trainer:
         per_pack = float(stats.get("samples_per_pack_mean") or 1.0)
         return max(1, round(self.recipe.train.global_batch_sequences / per_pack))
 
+    def _identity(self) -> dict[str, Any]:
+        r = self.recipe
+        return checkpointing.run_identity(mcore_dir=r.model.mcore_dir, data=r.data.path, tp=self.pstate.tp,
+                                          pp=self.pstate.pp, spec=r.model.spec, params_dtype=r.model.params_dtype,
+                                          data_seed=r.data.seed, packs_per_step=self.packs_per_step)
+
     def _maybe_resume(self) -> None:
         ck = self.recipe.checkpoint
         step = checkpointing.latest_step(ck.save_dir) if ck.resume else None
         if step is not None:
+            checkpointing.check_same_run(ck.save_dir, self._identity())
             checkpointing.load_training_state(ck.save_dir, step, self.model, self.optimizer, self.scheduler)
             self.step = step
             log.info("resumed from %s at step %d", ck.save_dir, step)
 
     def _is_logger(self) -> bool:
-        ps = self.pstate
-        return ps.is_last_stage and ps.tp_rank == 0 and ps.dp_rank == 0
+        return self.pstate.rank == 0  # every metric is reduced onto all ranks; rank 0 is the one that prints
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
@@ -181,7 +177,7 @@ class Trainer:
         batches = self.stream.micro_batches(step)
         if self.recipe.train.mode == "sft":  # warm-up: every sample weighs 1
             for mb in batches:
-                mb.loss_weight = (mb.loss_weight != 0).float()
+                mb.loss_weight = mb.loss_mask.clone()
         return batches
 
     def _global_loss(self, reports: list[dict[str, Any]]) -> tuple[float, float]:
@@ -248,8 +244,8 @@ class Trainer:
     def save(self) -> None:
         ck = self.recipe.checkpoint
         if ck.save_dir:
-            meta = {"mcore_dir": self.recipe.model.mcore_dir, "step": self.step, "tp": self.pstate.tp,
-                    "pp": self.pstate.pp, "data": self.recipe.data.path}
+            meta = TrainingMeta(mcore_dir=self.recipe.model.mcore_dir, step=self.step, tp=self.pstate.tp,
+                                pp=self.pstate.pp, data=self.recipe.data.path, identity=self._identity())
             checkpointing.save_training_state(ck.save_dir, self.step, self.model, self.optimizer,
                                               self.scheduler, meta)
             log.info("saved checkpoint at step %d to %s", self.step, ck.save_dir)
@@ -290,25 +286,32 @@ class Trainer:
         if self.sinks:
             self.sinks.close()
 
+    def _staging(self, out_dir: str) -> Path:
+        return Path(out_dir).with_name(f".{Path(out_dir).name}.mcore-staging")
+
     def export(self, out_dir: str) -> None:
-        import shutil
-        from pathlib import Path
+        """Every rank's weights into a staging checkpoint, then one HF export on rank 0.
 
-        staging = Path(out_dir).with_name(Path(out_dir).name + ".mcore")
-        ps = self.pstate
-        if ps.dp_rank == 0:
-            checkpointing.export_torch(staging, self.model, tp_rank=ps.tp_rank, pp_rank=ps.pp_rank, pp=ps.pp,
-                                       source_mcore=self.recipe.model.mcore_dir)
-        else:
-            dist.barrier()
-            dist.barrier()
+        This method owns every collective call of the export (the writers make none).
+        """
+        from conversion.export import mcore_to_hf
+
+        ps, force = self.pstate, self.recipe.checkpoint.export_force
+        staging = self._staging(out_dir)
         if ps.rank == 0:
-            from conversion.export import mcore_to_hf
-
-            mcore_to_hf(staging, out_dir, force=True)
+            shutil.rmtree(staging, ignore_errors=True)
+        dist.barrier()  # the staging directory is fresh before anyone writes into it
+        if ps.dp_rank == 0:
+            checkpointing.write_rank_weights(staging, self.model, tp_rank=ps.tp_rank, pp_rank=ps.pp_rank, pp=ps.pp)
+        dist.barrier()  # every model-parallel rank's weights are in
+        if ps.rank == 0:
+            checkpointing.write_export_meta(staging, tp=ps.tp, pp=ps.pp, source_mcore=self.recipe.model.mcore_dir,
+                                            first_stage_layers=self.config.num_layers_in_first_pipeline_stage,
+                                            last_stage_layers=self.config.num_layers_in_last_pipeline_stage)
+            mcore_to_hf(staging, out_dir, force=force)
             shutil.rmtree(staging, ignore_errors=True)
             log.info("exported the trained model to %s", out_dir)
-        dist.barrier()
+        dist.barrier()  # nobody leaves before the export exists
 
 
 def _fmt(value: float | None) -> str:

@@ -71,16 +71,31 @@ def main(argv: list[str]) -> int:
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="sophia-profile packing", description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=Path, help="file with one 'tokens' or 'tokens,tiles' per line")
-    parser.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="token cap per pack")
-    parser.add_argument("--max-tiles", type=int, default=None, help="image-tile cap per pack (default: none)")
-    parser.add_argument("--oversize", choices=("drop", "truncate"), default="drop")
-    parser.add_argument("--generate", type=int, metavar="K", help="synthesise K sample lengths instead")
-    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="longtail")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write", type=Path, metavar="FILE", help="where --generate writes the lengths")
-    parser.add_argument("--plot", type=Path, metavar="PNG", help="histogram of sample lengths and pack fill")
+    parser = argparse.ArgumentParser(
+        prog="sophia-profile packing", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Pack a list of sample lengths with the packer training data uses (best-fit decreasing) "
+                    "and print one JSON object: packs, efficiency (real tokens / (packs x max-seq-len)), the "
+                    "lower bound on packs, dropped samples and the packing time. Give exactly one of "
+                    "--lengths FILE or --generate K --write FILE.")
+    parser.add_argument("--lengths", type=Path, metavar="FILE",
+                        help="sample lengths to pack: one 'tokens' or 'tokens,tiles' per line (blank lines "
+                             "skipped; no tiles means 0)")
+    parser.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, metavar="N",
+                        help="tokens per pack (the trainer's sequence length)")
+    parser.add_argument("--max-tiles", type=int, default=None, metavar="M",
+                        help="image tiles per pack; unset: no tile cap")
+    parser.add_argument("--oversize", choices=("drop", "truncate"), default="drop",
+                        help="a sample longer than --max-seq-len: drop it, or pack it cut to --max-seq-len")
+    parser.add_argument("--generate", type=int, metavar="K",
+                        help="instead of --lengths: synthesise K sample lengths (needs --write)")
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="longtail",
+                        help=f"distribution of --generate: longtail = log-normal, median {LONGTAIL_MEDIAN} tokens, "
+                             f"log-space sigma {LONGTAIL_SIGMA}, clipped to [{LONGTAIL_MIN}, {LONGTAIL_MAX}]")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of --generate")
+    parser.add_argument("--write", type=Path, metavar="FILE",
+                        help="where --generate writes the lengths it packs (so the input can be reused)")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="also write histograms of sample lengths and of pack fill to this PNG; unset: no plot")
     args = parser.parse_args(argv)
     if args.max_seq_len < 1:
         raise UserError(f"--max-seq-len must be >= 1, got {args.max_seq_len}")

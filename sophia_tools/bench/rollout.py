@@ -1,9 +1,10 @@
-"""``sophia-profile rollout``: what the reason stage costs on top of a bare ``LLM.generate``, and verifier speed.
+"""``sophia-profile rollout``: what the reason stage costs on top of a bare ``LLM.generate``, or served vs in-process.
 
     sophia-profile rollout [--model DIR] [--captions 64] [--n 4] [--max-tokens 256] [--batch-size 64]
+    sophia-profile rollout --engine openai [...]
 
-In one process, with one vLLM engine and the same prompts and sampling parameters (same per-request
-seeds, so both draw the same tokens), it times
+``--engine vllm`` (default): in one process, with one vLLM engine and the same prompts and sampling
+parameters (same per-request seeds, so both draw the same tokens), it times
 
 * ``bare``: one ``LLM.generate`` over every prompt, already rendered and tokenised;
 * ``stage``: ``rollout.stages.reason_stage`` end to end on a fresh store holding the same captions:
@@ -14,13 +15,18 @@ and reports tokens/s of both and ``overhead = stage_seconds / bare_seconds - 1``
 over ``--repeats`` rounds whose order alternates (whichever runs second in a round was seen to be
 several percent slower on CPU), resetting vLLM's prefix cache before every timed run so neither
 side inherits the other's cache. ``overhead_outside_generate`` is the stage's own time (everything
-but ``LLM.generate``) over the bare time: the part of the overhead that is not run-to-run noise. Then it runs the verifier benchmark
-(``sophia_tools.bench.verifier.run_verifier_bench``). Prints one JSON object.
+but ``LLM.generate``) over the bare time: the part of the overhead that is not run-to-run noise.
 
-Without ``--model`` the tiny random reasoner (``sophia_tools.tiny``) is built into ``--tiny-dir``;
-on CPU, vLLM gets ``enforce_eager`` and ``VLLM_CPU_KVCACHE_SPACE=1`` unless set. A random model
-rarely stops early, so completions mostly run to ``--max-tokens``: the numbers measure the
-plumbing, not a real model's length distribution.
+``--engine openai``: the reason stage end to end through a local vLLM OpenAI-compatible server
+(``rollout.local_server``, the ``openai`` engine with a whole batch in flight) and through the
+in-process engine, same model, prompts, seeds and vLLM settings, alternating rounds; reports
+``served_over_in_process`` = served tokens/s / in-process tokens/s (target ≥ 0.9).
+
+Then it runs the verifier benchmark (``sophia_tools.bench.verifier.run_verifier_bench``). Prints one
+JSON object. Without ``--model`` the tiny random reasoner (``sophia_tools.tiny``) is built into
+``--tiny-dir``; on CPU, vLLM gets ``enforce_eager`` and ``VLLM_CPU_KVCACHE_SPACE=1`` unless set. A
+random model rarely stops early, so completions mostly run to ``--max-tokens``: the numbers measure
+the plumbing, not a real model's length distribution.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ CAPTION_TEXT = ("The image is a flat illustration on a white background. In the 
 class _Shared(Engine):
     """The benchmark's engine handed to the stage without being closed by it."""
 
-    def __init__(self, engine: VLLMEngine):
+    def __init__(self, engine: Engine):
         self.engine, self.name = engine, engine.name
 
     def generate(self, requests: list[Request], params: SamplingParams) -> list:
@@ -69,7 +75,7 @@ def _write_inputs(work: Path, captions: int) -> Path:
 
 
 def _new_run(work: Path, inputs: Path, config: EngineConfig, args: argparse.Namespace, engine: _Shared,
-             round_index: int):
+             round_index: int | str):
     """A RolloutRun over a fresh store whose captions table holds one caption per question."""
     from rollout.config import RolloutConfig
     from rollout.pipeline import open_run
@@ -165,8 +171,67 @@ def measure_reason_overhead(args: argparse.Namespace) -> dict[str, Any]:
             "overhead_target": 0.10, "same_tokens": bare_summary["tokens"] == stage_summary["tokens"]}
 
 
+def _timed_stage(run: Any) -> dict[str, float]:
+    """``reason_stage`` end to end on a fresh store: seconds and completion tokens written."""
+    from rollout.stages import TRAJECTORIES, read_rows, reason_stage
+
+    start = time.perf_counter()
+    reason_stage(run)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds,
+            "tokens": sum(row["num_tokens"] for row in read_rows(run.store, TRAJECTORIES, ["num_tokens"]))}
+
+
+def measure_served_vs_in_process(args: argparse.Namespace) -> dict[str, Any]:
+    """The reason stage through a local vLLM server (engine openai) and through the in-process engine.
+
+    Same model, prompts, sampling and per-request seeds, same vLLM settings on both sides (max_num_seqs,
+    max_model_len, dtype, eager, whole-prompt prefill on CPU); the client keeps a whole stage batch in
+    flight (concurrency = --batch-size). Rounds alternate which side goes first; both keep their prefix
+    cache (warmed on the same prompts), so neither inherits anything the other lacks.
+    """
+    from dataclasses import replace
+
+    from rollout.local_server import LocalVLLMServer
+    from rollout.openai_engine import OpenAIEngine
+
+    config = EngineConfig(model=args.model, engine="vllm", temperature=1.0, top_p=0.95, max_tokens=args.max_tokens,
+                          seed=0, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                          enforce_eager=args.enforce_eager, dtype=args.dtype)
+    with tempfile.TemporaryDirectory(prefix="rollout-bench-") as scratch:
+        work = Path(scratch)
+        inputs = _write_inputs(work, args.captions)
+        server = LocalVLLMServer(args.model, work / "server.log", max_model_len=args.max_model_len,
+                                 max_num_seqs=args.max_num_seqs, dtype=args.dtype, seed=0,
+                                 enforce_eager=args.enforce_eager)
+        with server:
+            served_config = replace(config, engine="openai", base_url=server.base_url, concurrency=args.batch_size)
+            served = OpenAIEngine(served_config, "reasoner.easy", vision=False)
+            local = VLLMEngine(config, "reasoner.easy", vision=False)
+            try:
+                sides = {"in_process": (_Shared(local), config), "served": (_Shared(served), served_config)}
+                for name, (engine, side_config) in sides.items():  # warm-up: start-up costs out of the clock
+                    _timed_stage(_new_run(work, inputs, side_config, args, engine, f"warm-{name}"))
+                rounds: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+                for index in range(args.repeats):
+                    for name in (sides if index % 2 == 0 else reversed(sides)):
+                        engine, side_config = sides[name]
+                        rounds[name].append(_timed_stage(_new_run(work, inputs, side_config, args, engine,
+                                                                  f"{name}-{index}")))
+            finally:
+                local.close()
+                served.close()
+    in_process, served_summary = _summary(rounds["in_process"]), _summary(rounds["served"])
+    return {"in_process": in_process, "served": served_summary,
+            "served_over_in_process": round(served_summary["tokens_per_s"] / in_process["tokens_per_s"], 4),
+            "target": 0.9, "same_tokens": in_process["tokens"] == served_summary["tokens"]}
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sophia-profile rollout", description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("vllm", "openai"), default="vllm",
+                        help="vllm: the reason stage vs a bare LLM.generate (overhead); openai: the reason stage "
+                        "through a local vLLM server vs the in-process engine (served / in-process throughput)")
     parser.add_argument("--model", help="reasoning LLM dir (default: the tiny random reasoner)")
     parser.add_argument("--tiny-dir", default=os.path.join(tempfile.gettempdir(), "sophia-tiny"),
                         help="where the tiny reasoner is built when --model is not given")
@@ -208,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"device": device, "model": args.model, "captions": args.captions, "n": args.n,
                               "max_tokens": args.max_tokens, "batch_size": args.batch_size,
                               "repeats": args.repeats}
-    report.update(measure_reason_overhead(args))
+    report["engine"] = args.engine
+    report.update(measure_served_vs_in_process(args) if args.engine == "openai" else measure_reason_overhead(args))
     if args.verifier_n > 0:
         from sophia_tools.bench.verifier import run_verifier_bench
 

@@ -67,7 +67,6 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     from sophia_megatron import engine
     from sophia_megatron.data import build_micro_batch
-    from sophia_megatron.model.internvl import InternVLModel, language_config
     from sophia_megatron.parallel import init_parallel
     from sophia_megatron.train.metrics import device_peak_tflops, lm_flops, vision_flops
     from sophia_megatron.train.trainer import packed_forward_step
@@ -75,17 +74,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     ps = init_parallel(args.tp, 1, seed=0)
     gpu = torch.cuda.is_available()
     arch = preset_arch(args.preset, args.layers, args.vit_layers)
-    dtype = torch.bfloat16 if gpu else torch.float32
-    extra: dict[str, Any] = {"calculate_per_token_loss": True}
-    if args.recipe != "bf16":
-        extra.update(fp8="e4m3", fp8_recipe=args.recipe)
-    config = language_config(arch, tp=args.tp, pp=1, params_dtype=dtype, sequence_parallel=gpu and args.tp > 1,
-                             fusions=gpu, **extra)
-    model = InternVLModel(arch, config, pre_process=True, post_process=True, spec="te" if gpu else "local",
-                          vision_dtype=dtype).to(ps.device)
-    ddp = engine.wrap_ddp(model, config)
-    optimizer = engine.build_optimizer([ddp], lr=1e-5, weight_decay=0.0, clip_grad=1.0, bf16=gpu)
-    engine.attach_schedule_hooks(config, [ddp], optimizer)
+    dtype_name = "bfloat16" if gpu else "float32"
+    dtype = engine.torch_dtype(dtype_name)
+    config = engine.model_config(arch, tp=args.tp, pp=1, params_dtype=dtype_name,
+                                 sequence_parallel=gpu and args.tp > 1, fp8_recipe=args.recipe)
+    model = engine.build_model(arch, config, ps, spec="te" if gpu else "local", vision_dtype=dtype_name)
+    ddp, optimizer = engine.build_training(model, config, engine.OptimizerSettings(
+        lr=1e-5, weight_decay=0.0, clip_grad=1.0, bf16=gpu))
     pack = synthetic_pack(arch, args.seq, args.samples, args.tiles, seed=ps.dp_rank)
     mb = build_micro_batch(pack, pad_to=16, load_pixels=False)
     mb.pixel_values = torch.randn(args.tiles, 3, 448, 448, dtype=dtype) if args.tiles else None

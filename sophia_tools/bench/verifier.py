@@ -1,6 +1,14 @@
-"""Verifier throughput: verifications per second per core on typical and adversarial answers.
+"""Verifier accuracy and throughput: labelled cases against Math-Verify, or synthetic answers.
 
-    python -m sophia_tools.bench.verifier [--n 400] [--n-adversarial 24] [--workers 1] [--timeout 1.0]
+    sophia-profile verifier --cases FILE.jsonl [--against math-verify] [--workers 1] [--timeout 5]
+    sophia-profile verifier [--n 400] [--n-adversarial 24] [--workers 1] [--timeout 1.0]
+
+With ``--cases`` (JSON lines ``{"response", "answer" (or "gold"), "expected"[, "choices"]}``) it
+prints, for this project's verifier and — with ``--against math-verify`` — for Math-Verify alone in
+the same run (README usage, ``verify(parse(gold), parse(response))``, in the same killable worker
+pool with the same time limit): accuracy, false positives, false negatives, verdicts per second,
+time-outs and the reasons given; then hang bait (``10^{10^{10^{10}}}``, ``5^{5^{5^{5^5}}}``,
+60-deep fractions, ``100000!``) with the number of batches that did not come back ("hangs").
 
 Typical answers are trajectories of a few KB ending in ``\\boxed{…}`` with the answer kinds seen in
 MathVision / OlympiadBench (integers, decimals, fractions, letters, intervals, surds, polynomials),
@@ -20,8 +28,13 @@ import json
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from rollout.verifier.pool import VerifierPool
+from sophia_common.cli import UserError
+
+MATH_VERIFY_CHECK = "rollout.verifier.mathverify:mathverify_compare"
+HANG_BAIT = ["10^{10^{10^{10}}}", "5^{5^{5^{5^5}}}", "\\frac{1}{" * 60 + "2" + "}" * 60, "100000!"]
 
 _REASONING = "Let us look at the figure carefully. " * 40 + "\n\n"
 
@@ -101,6 +114,83 @@ def _measure(items: list, workers: int, timeout_s: float, fast_path: bool) -> di
     }
 
 
+def load_cases(path: Path) -> list[dict]:
+    """Labelled cases; ``UserError`` naming the file and line on a bad one."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    cases = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        gold = row.get("answer", row.get("gold")) if isinstance(row, dict) else None
+        if gold is None or not isinstance(row.get("expected"), bool) or "response" not in row:
+            raise UserError(f"{path}:{number}: need 'response', 'answer' (or 'gold') and a boolean 'expected'")
+        cases.append({"response": row["response"], "answer": str(gold), "choices": row.get("choices"),
+                      "expected": row["expected"]})  # fmt: skip
+    if not cases:
+        raise UserError(f"{path}: no cases")
+    return cases
+
+
+def _score(cases: list[dict], workers: int, timeout_s: float, **pool_options) -> dict:
+    with VerifierPool(workers=workers, timeout_s=timeout_s, **pool_options) as pool:
+        pool.verify_batch([{"response": "\\boxed{x+1}", "answer": "1+y"}] * workers)  # start and warm
+        before = dict(pool.stats)
+        start = time.perf_counter()
+        results = pool.verify_batch(cases)
+        seconds = time.perf_counter() - start
+        timeouts = pool.stats["timeouts"] - before["timeouts"]
+    got = [result.correct for result in results]
+    expected = [case["expected"] for case in cases]
+    false_positives = sum(g and not e for g, e in zip(got, expected))
+    false_negatives = sum(e and not g for g, e in zip(got, expected))
+    return {
+        "accuracy": round(1 - (false_positives + false_negatives) / len(cases), 4),
+        "false_positives": false_positives,
+        "false_negatives": false_negatives,
+        "seconds": round(seconds, 2),
+        "verdicts_per_s": round(len(cases) / seconds, 1),
+        "timeouts": timeouts,
+        "reasons": dict(Counter(result.reason for result in results).most_common()),
+    }
+
+
+def hang_bait(workers: int, timeout_s: float) -> dict:
+    """Hang bait through the pool: every item must come back (as a time-out or a verdict)."""
+    items = [(f"\\boxed{{{bait}}}", str(k + 2)) for k, bait in enumerate(HANG_BAIT)]
+    limit = len(items) * (timeout_s + 5) + 60
+    start = time.perf_counter()
+    with VerifierPool(workers=workers, timeout_s=timeout_s) as pool:
+        results = pool.verify_batch(items)
+    seconds = time.perf_counter() - start
+    return {
+        "items": len(items),
+        "seconds": round(seconds, 2),
+        "hangs": int(seconds > limit) + sum(result is None for result in results),
+        "rewarded": sum(bool(result and result.correct) for result in results),
+        "reasons": dict(Counter(result.reason for result in results)),
+    }
+
+
+def run_cases_bench(path: Path, against: str | None, workers: int, timeout_s: float) -> dict:
+    """Accuracy, errors and speed on labelled cases, for this verifier and optionally Math-Verify."""
+    cases = load_cases(path)
+    report = {"cases": str(path), "n": len(cases), "positives": sum(case["expected"] for case in cases),
+              "workers": workers, "timeout_s": timeout_s}  # fmt: skip
+    report["ours"] = _score(cases, workers, timeout_s)
+    if against == "math-verify":
+        report["math_verify"] = _score(cases, workers, timeout_s, compare=MATH_VERIFY_CHECK, raw=True)
+        report["speed_ratio"] = round(report["ours"]["verdicts_per_s"] / report["math_verify"]["verdicts_per_s"], 2)
+    report["hang_bait"] = hang_bait(workers, min(timeout_s, 2.0))
+    return report
+
+
 def run_verifier_bench(
     n: int = 400, workers: int = 1, timeout_s: float = 1.0, n_adversarial: int = 24
 ) -> dict:
@@ -117,14 +207,23 @@ def run_verifier_bench(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sophia_tools.bench.verifier", description=__doc__.splitlines()[0]
+        prog="sophia-profile verifier", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--n", type=int, default=400, help="typical verifications")
-    parser.add_argument("--n-adversarial", type=int, default=24, help="adversarial verifications")
+    parser.add_argument("--cases", type=Path, help="labelled JSONL cases: accuracy, FP, FN and speed")
+    parser.add_argument("--against", choices=["math-verify"], help="also score Math-Verify alone, same run")
+    parser.add_argument("--n", type=int, default=400, help="typical verifications (without --cases)")
+    parser.add_argument("--n-adversarial", type=int, default=24, help="adversarial verifications (without --cases)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per check")
+    parser.add_argument("--timeout", type=float, help="seconds per check (default 5 with --cases, else 1)")
     args = parser.parse_args(argv)
-    report = run_verifier_bench(args.n, args.workers, args.timeout, args.n_adversarial)
+    if args.workers < 1 or (args.timeout is not None and args.timeout <= 0):
+        raise UserError(f"--workers must be >= 1 and --timeout > 0, got {args.workers} and {args.timeout}")
+    if args.cases is not None:
+        report = run_cases_bench(args.cases, args.against, args.workers, args.timeout or 5.0)
+    elif args.against:
+        raise UserError("--against needs --cases FILE.jsonl")
+    else:
+        report = run_verifier_bench(args.n, args.workers, args.timeout or 1.0, args.n_adversarial)
     print(json.dumps(report, indent=2))
     return 0
 

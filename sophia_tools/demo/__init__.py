@@ -71,6 +71,10 @@ class DemoSettings:
     answer_max_tokens: int = 96  # tokens per answer in that evaluation
     caption_max_tokens: int = 48  # tokens per caption
     reasoner_max_tokens: int = 96  # tokens per trajectory
+    vague_share: float = 0.3  # warm-up descriptions that leave the count or the colour out (task.py)
+    detour_share: float = 0.4  # reasoner warm-up trajectories with a detour (half of them end wrong)
+    eval_temperature: float = 0.0  # the held-out evaluation: 0 greedy, else sampled (paper: 1.0)
+    eval_top_p: float = 1.0  # its nucleus mass when sampling (paper: 0.8)
     seed: int = 0  # seed of the task and the warm-ups
 
 
@@ -114,8 +118,10 @@ def write_json(path: Path, data: Any) -> None:
 class Demo:
     """Runs stages in a workdir: done-markers, per-stage logs, subprocesses with the repo on the path."""
 
-    def __init__(self, workdir: Path, settings: DemoSettings, echo: Callable[[str], None] = print):
+    def __init__(self, workdir: Path, settings: DemoSettings, echo: Callable[[str], None] = print,
+                 label: str = "demo"):
         self.workdir = workdir.resolve()
+        self.label = label
         self.settings = settings
         self.echo = echo
         self.python = sys.executable
@@ -139,10 +145,10 @@ class Demo:
         marker = self.path("done", f"{name}.json")
         if marker.is_file():
             result = {**read_json(marker), "reused": True}
-            self.echo(f"[demo] {name:<17} reused ({result['seconds']:.1f} s when it ran)")
+            self.echo(f"[{self.label}] {name:<17} reused ({result['seconds']:.1f} s when it ran)")
         else:
             self.current = name
-            self.echo(f"[demo] {name:<17} running ... (log: {self.path('logs', name + '.log')})")
+            self.echo(f"[{self.label}] {name:<17} running ... (log: {self.path('logs', name + '.log')})")
             started = time.perf_counter()
             try:
                 stats = body()
@@ -154,7 +160,7 @@ class Demo:
             result = {"stage": name, "seconds": round(time.perf_counter() - started, 2), "stats": stats}
             write_json(marker, result)
             result = {**result, "reused": False}
-            self.echo(f"[demo] {name:<17} done in {result['seconds']:.1f} s")
+            self.echo(f"[{self.label}] {name:<17} done in {result['seconds']:.1f} s")
         self.results[name] = result
         return result["stats"]
 

@@ -58,7 +58,8 @@ def stage_task(demo: Demo) -> dict[str, Any]:
     s = demo.settings
     info = write_task(demo.path("task"), images=s.images, warmup_images=s.warmup_images,
                       reasoner_samples=s.reasoner_samples, mix_samples=s.mix_samples,
-                      eval_images=s.eval_images, seed=s.seed,
+                      eval_images=s.eval_images, seed=s.seed, vague_share=s.vague_share,
+                      detour_share=s.detour_share,
                       caption_prompt=prompt_file("caption").read_text(encoding="utf-8").strip())
     # The system turn the tiny InternVL's chat template adds when it captions (see warmup.py).
     demo.path("task", "captioner_system.txt").write_text(DEFAULT_SYSTEM_MESSAGE + "\n", encoding="utf-8")
@@ -116,6 +117,7 @@ def rollout_overrides(demo: Demo) -> list[str]:
 
 
 def stage_rollout(demo: Demo) -> dict[str, Any]:
+    from sophia_tools.demo.signals import rollout_signals
     from sophia_tools.demo.summary import analyse_store
 
     rollout = [demo.python, "-m", "sophia_tools.rollout_cli"]
@@ -126,6 +128,8 @@ def stage_rollout(demo: Demo) -> dict[str, Any]:
     stats = read_json(demo.path("rollout_stats", "stats.json"))
     analysis = analyse_store(demo.path("store"), demo.path("task", "rollout_inputs.jsonl"),
                              alpha=stats["selection"]["alpha"])
+    analysis["signals"] = rollout_signals(demo.path("store"), demo.path("task", "rollout_inputs.jsonl"),
+                                          alpha=stats["selection"]["alpha"])
     return {"reports": {report["stage"]: report for report in reports}, "stats": stats, "analysis": analysis}
 
 
@@ -186,6 +190,12 @@ def pass_rates(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> di
             "example": rows[0]["response"] if rows else None}
 
 
+def evaluate_options(settings: Any, seed: int) -> list[str]:
+    """Options of ``sophia_tools.demo.evaluate`` for these settings: token limit, sampling, seed."""
+    return ["--limit-tokens", str(settings.answer_max_tokens), "--temperature", str(settings.eval_temperature),
+            "--top-p", str(settings.eval_top_p), "--seed", str(seed)]
+
+
 def stage_evaluate(demo: Demo) -> dict[str, Any]:
     """The policy answers held-out questions itself, before and after the update; the verifier scores."""
     results = {}
@@ -196,7 +206,7 @@ def stage_evaluate(demo: Demo) -> dict[str, Any]:
                                     "--inputs", str(demo.path("task", "eval_inputs.jsonl")),
                                     "--system", str(prompt_file("slow_thinking_system")),
                                     "--out", str(answers),
-                                    "--limit-tokens", str(demo.settings.answer_max_tokens)])
+                                    *evaluate_options(demo.settings, seed=demo.settings.seed)])
         check = [demo.python, "-m", "sophia_tools.rollout_cli", "check", "--in", str(answers)]
         results[when] = pass_rates(json_lines(answers.read_text(encoding="utf-8")),
                                    json_lines(demo.run(f"check-{when}", check)))
@@ -226,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = write_summary(demo, wall_seconds=time.perf_counter() - started)
     print(summary["table"])
+    failed = [check["check"] for check in summary["checks"] if not check["ok"]]
+    if failed and not args.fast:
+        print(f"\n[demo] FAILED checks of a full-size run: {'; '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

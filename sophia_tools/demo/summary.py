@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sophia_tools.demo.signals import format_signals
 from sophia_tools.demo.task import states_answer
 
 if TYPE_CHECKING:
@@ -35,11 +36,15 @@ How the demo data and models are made:
     The held-out evaluation uses yet other images.
   * Policy: the tiny InternVL fixture (random InternViT-300M-like tower and projector, frozen; a 4-layer
     Qwen2 language model), warmed up by SFT on Megatron (TP=2) to describe *other* images of the same
-    kind with the rollout's caption prompt. A frozen random ViT separates colour and circle count, not
-    position, so only those are asked.
+    kind with the rollout's caption prompt; 30% of those descriptions leave the count or the colour out
+    ("some red shapes"), so sampled captions sometimes do too. A frozen random ViT separates colour and
+    circle count, not position, so only those are asked.
   * Reasoner: the tiny Qwen2 fixture, fine-tuned (plain PyTorch) to answer a question from a
-    description with a <think> trajectory (0-2 re-checks, so lengths differ) and \\boxed{}; it answers
-    what the description says, so a wrong caption leads it to a wrong answer.
+    description with a <think> trajectory and \\boxed{}: it answers what the description says (so a
+    wrong caption leads it to a wrong answer); 40% of its trajectories take a detour (a wrong value,
+    then a re-check that recovers half the time), so longer trajectories hold detours and errors; and
+    when the description leaves the asked attribute out it writes a short guess, right by luck
+    (a correct trajectory whose caption reward is low).
   * Rewards: the rule-based verifier scores what the reasoner actually wrote; caption rewards are the
     mean of their trajectories' scores (Eq. 5); selection is Keep-1 with alpha from configs/tiny.yaml.
   * Update: reward-weighted SFT of the policy on (original image, question) -> selected trajectory, mixed
@@ -157,6 +162,7 @@ def numbers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "captions_stating_answer": analysis["captions_stating_answer"],
         "reward_mean_stating_answer": analysis["reward_mean_stating_answer"],
         "reward_mean_not_stating_answer": analysis["reward_mean_not_stating_answer"],
+        "signals": analysis.get("signals"),
         "selected": counts["selected"], "questions_decided": counts["decisions"],
         "alpha": stats["selection"]["alpha"],
         "rejects": stats["rejects"], "caption_seconds": reports.get("caption", {}).get("seconds"),
@@ -227,6 +233,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{_rate(n['questions_any_correct'], n['questions'])}",
         f"  captions stating the answer   {_rate(stating, captions)}; their mean reward "
         f"{n['reward_mean_stating_answer']} vs {n['reward_mean_not_stating_answer']} for the others",
+        *(format_signals(n["signals"]) if n.get("signals") else []),
         f"  selected (Keep-1)             {n['selected']} trajectories; "
         f"{n['questions_decided']} questions decided",
         f"  rejects by reason             {rejects}",
@@ -242,6 +249,8 @@ def format_table(summary: dict[str, Any]) -> str:
         f"tensors changed: language model {lm.get('changed')}/{lm.get('tensors')}, "
         f"frozen vision + projector {frozen.get('changed')}/{frozen.get('tensors')}",
         _eval_line(n["policy_eval"]),
+        "", "checks of a full-size run" + (" (not expected to pass at --fast sizes)" if summary["mode"] == "fast" else "")
+        + ":", *(f"  [{'ok' if c['ok'] else 'FAILED'}] {c['check']}" for c in summary["checks"]),
         "", f"total wall time: {summary['wall_seconds']:.1f} s this run; "
             f"{summary['stages_seconds']:.1f} s for all stages when they ran",
         f"files: {', '.join(Path(path).name for path in summary['files'].values())} in {summary['workdir']} "
@@ -255,6 +264,14 @@ def _eval_line(evaluation: dict[str, Any]) -> str:
             "prompt): "
             f"pass@1 {_rate(before['correct'], before['questions'])} before the update -> "
             f"{_rate(after['correct'], after['questions'])} after (by difficulty {after['by_difficulty']})")
+
+
+def full_run_checks(n: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a full-size demo must show, or the loop is broken: the rollout selected trajectories,
+    and the update lifted the policy's held-out pass@1 above its own before it."""
+    before, after = n["policy_eval"]["before"]["correct"], n["policy_eval"]["after"]["correct"]
+    return [{"check": f"the rollout selected trajectories ({n['selected']})", "ok": n["selected"] > 0},
+            {"check": f"held-out pass@1 after the update ({after}) > before it ({before})", "ok": after > before}]
 
 
 def write_summary(demo: Demo, wall_seconds: float) -> dict[str, Any]:
@@ -280,7 +297,7 @@ def write_summary(demo: Demo, wall_seconds: float) -> dict[str, Any]:
         "warmups": {"captioner": {key: value for key, value in results["warmup_captioner"]["stats"].items()
                                   if key != "loss"},
                     "reasoner": results["warmup_reasoner"]["stats"]},
-        "files": files,
+        "files": files, "checks": full_run_checks(n),
     }
     summary["table"] = format_table(summary)
     write_json(Path(files["json"]), summary)

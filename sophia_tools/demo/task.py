@@ -10,24 +10,37 @@ colour. A scene's *true description* (what a perfect captioner would write) is
 Why these attributes: the policy's vision tower and projector are frozen *random* weights (only
 the language model learns), so a question must hinge on what a random ViT still separates.
 A linear probe on its mean-pooled tile features (240 scenes, 25 % held out) separated the
-colour and the number of circles perfectly, but left or right placement only at chance level
-(position lives in the token order, which a tiny LM does not learn to read in a few dozen
-steps); so colour and count are asked, never position or shape.
+colour and the number of circles perfectly, but left or right placement only at chance level;
+so colour and count are asked, never position or shape.
+
+Why each ingredient of SOPHIA's selection can matter here, by construction:
+
+* **Caption reward.** A share ``vague_share`` of the captioner's warm-up descriptions leave one
+  attribute out ("some red shapes", "two circles"), so the sampled captions sometimes do too. From
+  such a caption the reasoner cannot know the answer: it writes a short *guess* trajectory with a
+  random answer, right by luck 1 time in 3 (count) or 4 (colour). A lucky guess is a correct
+  trajectory that teaches the policy to guess; its caption's reward (mean over N guesses) is low,
+  so α filters it out, and ``no_caption_reward`` lets it in. Guesses are the shortest trajectories,
+  so without the caption reward the shortest-correct rule prefers them.
+* **Shortest.** A share ``detour_share`` of the reasoner's trajectories from an informative
+  description take a detour: a wrong intermediate value, then a re-check that recovers the right
+  answer (half of them) or keeps the wrong one. Detours are longer, so among correct trajectories
+  the shortest is a clean one, and long trajectories are the ones with detours and errors;
+  ``no_shortest`` trains on recovered detours as often as they occur.
 
 Files written by :func:`write_task` (all JSONL, image paths relative to the file):
 
-* ``rollout_inputs.jsonl`` — the SOPHIA questions (DESIGN §3.1: id, image, question, answer,
-  source, difficulty), one question per image, alternating colour / count;
-* ``captioner_sft.jsonl`` — warm-up VQA records on *other* images: the caption prompt -> the true
-  description (``sophia-rollout pack`` kind ``vqa``);
-* ``reasoner_sft.jsonl`` — text warm-up records for the reasoning LLM: a description (true, or of
-  another scene) + a question -> a short ``<think>`` trajectory ending in ``\\boxed{}``, always
-  answering what the *description* says, so it answers right from a right caption and wrong from
-  a wrong one;
+* ``rollout_inputs.jsonl`` — the SOPHIA questions (id, image, question, answer, source,
+  difficulty, category = the question type), one question per image, alternating colour / count;
+* ``captioner_sft.jsonl`` — warm-up VQA records on *other* images: the caption prompt -> the
+  scene's description (true, or vague in one attribute);
+* ``reasoner_sft.jsonl`` — text warm-up records for the reasoning LLM: a description + a question
+  -> a short ``<think>`` trajectory ending in ``\\boxed{}`` that answers what the description says
+  (clean or with a detour), or guesses when the description does not say;
 * ``mix_text.jsonl`` / ``mix_vqa.jsonl`` — the text-only and VQA samples mixed into the SOPHIA
   update (arithmetic with ``<think>``; image description on warm-up images);
-* ``eval_inputs.jsonl`` — held-out questions on yet other images, which the policy answers itself
-  before and after the update (``sophia_tools.demo.evaluate``).
+* ``eval_inputs.jsonl`` — held-out questions on yet other images (same columns; also ``sophia-eval``'s
+  generic ``jsonl`` benchmark format), which the policy answers itself before and after the update.
 
 Everything is a function of the seeds: rerunning writes byte-identical files.
 """
@@ -51,6 +64,8 @@ SOURCE = "demo/circles"
 QUESTIONS = {"colour": "What colour are the shapes in the image?",
              "count": "How many circles are there in the image?"}
 DIFFICULTY = {"colour": "easy", "count": "hard"}
+KIND_OF_DIFFICULTY = {difficulty: kind for kind, difficulty in DIFFICULTY.items()}
+OMITTED = "omitted"  # what a description says about an attribute it leaves out
 
 
 @dataclass(frozen=True)
@@ -69,10 +84,22 @@ class Scene:
         return self.colour if kind == "colour" else str(self.count)
 
 
-def describe(colour: str, count: int) -> str:
-    """The true description of a scene: what the captioner is warmed up to write."""
+def describe(colour: str | None, count: int | None) -> str:
+    """A description of a scene; ``None`` leaves that attribute out (a vague caption)."""
+    return f"The image shows {_objects(colour, count)} on a light gray background."
+
+
+def _objects(colour: str | None, count: int | None) -> str:
+    """"two red circles", or with an attribute left out "some red shapes" / "two circles"."""
+    if count is None:
+        return f"some {colour} shapes"
     noun = "circle" if count == 1 else "circles"
-    return f"The image shows {COUNT_WORDS[count]} {colour} {noun} on a light gray background."
+    return f"{COUNT_WORDS[count]} {noun}" if colour is None else f"{COUNT_WORDS[count]} {colour} {noun}"
+
+
+def vague(colour: str, count: int, rng: random.Random) -> str:
+    """A description that leaves the count or the colour out (one of the two at random)."""
+    return describe(colour, None) if rng.random() < 0.5 else describe(None, count)
 
 
 def random_scene(rng: random.Random) -> Scene:
@@ -93,21 +120,38 @@ def draw(scene: Scene) -> Image.Image:
     return image
 
 
-def trajectory(kind: str, colour: str, count: int, checks: int = 0) -> str:
+def _value_word(kind: str, value: str) -> str:
+    return value if kind == "colour" else COUNT_WORDS[int(value)]
+
+
+def trajectory(kind: str, colour: str | None, count: int | None, detour: str | None = None,
+               recovered: bool = True, guess: str | None = None) -> str:
     """The reasoner's target: a slow-thinking trajectory answering from a description.
 
-    ``checks`` (0-2) re-reads of the description make trajectories of the same question differ in
-    length, so that Keep-1 ("the shortest correct one") has something to choose.
+    From a description that states the asked attribute: a clean trajectory, or (``detour`` = a wrong
+    value) one that first claims the wrong value, then re-checks and ends right (``recovered``) or
+    wrong. From one that leaves it out (``colour`` or ``count`` is None): a short guess, ``guess``.
     """
-    noun = "circle" if count == 1 else "circles"
-    seen = f"I see {COUNT_WORDS[count]} {colour} {noun}."
+    seen = f"I see {_objects(colour, count)}."
+    if (kind == "colour" and colour is None) or (kind == "count" and count is None):
+        cannot = "I cannot count them." if kind == "count" else "I cannot tell the colour."
+        return f"<think>{seen} {cannot}</think> I guess \\boxed{{{guess}}}"
+    truth = colour if kind == "colour" else str(count)
+    final = truth if detour is None or recovered else detour
     if kind == "colour":
-        steps = [f"The question asks for the colour, so it is {colour}."]
-        steps += [f"Let me look again: the {noun} {'is' if count == 1 else 'are'} {colour}."] * checks
-        return f"<think>{seen} {' '.join(steps)}</think> The shapes are {colour}. \\boxed{{{colour}}}"
-    steps = [f"Counting them gives {count}."]
-    steps += [f"Let me count again: {', '.join(COUNT_WORDS[i] for i in range(1, count + 1))}."] * checks
-    return f"<think>{seen} {' '.join(steps)}</think> There are {count} {noun}. \\boxed{{{count}}}"
+        again = "let me look again at the shapes:"
+        steps = [f"The colour looks {detour}.", f"Wait, {again}" if recovered else again.capitalize(),
+                 f"they are {final}."] if detour else [f"The colour is {colour}."]
+        return f"<think>{seen} {' '.join(steps)}</think> The shapes are {final}. \\boxed{{{final}}}"
+    if detour:
+        recount = ", ".join(COUNT_WORDS[i] for i in range(1, int(final) + 1))
+        steps = [f"Counting them gives {detour}.", "Wait, let me count again:" if recovered else "Let me count again:",
+                 f"{recount}. So it is {final}."]
+    else:
+        steps = [f"Counting them gives {count}."]
+    final_noun = "circle" if final == "1" else "circles"
+    return f"<think>{seen} {' '.join(steps)}</think> There {'is' if final == '1' else 'are'} {final} {final_noun}. " \
+           f"\\boxed{{{final}}}"
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> int:
@@ -133,19 +177,33 @@ def rollout_rows(scenes: list[tuple[str, Scene]], prefix: str = "q") -> list[dic
     for index, (image, scene) in enumerate(scenes):
         kind = ("colour", "count")[index % 2]
         rows.append({"id": f"{prefix}{index:04d}-{kind}", "image": image, "question": QUESTIONS[kind],
-                     "answer": scene.answer(kind), "source": SOURCE, "difficulty": DIFFICULTY[kind]})
+                     "answer": scene.answer(kind), "source": SOURCE, "difficulty": DIFFICULTY[kind],
+                     "category": kind})
     return rows
 
 
-def reasoner_rows(count: int, seed: int) -> list[dict]:
-    """Text records (description, question -> trajectory); the answer follows the description."""
+def _wrong_value(kind: str, truth: str, rng: random.Random) -> str:
+    values = sorted(COLOURS) if kind == "colour" else ["1", "2", "3"]
+    return rng.choice([value for value in values if value != truth])
+
+
+def reasoner_rows(count: int, seed: int, vague_share: float = 0.0, detour_share: float = 0.0) -> list[dict]:
+    """Text records (description, question -> trajectory): answers follow the description, or guess."""
     rng = random.Random(seed)
     rows = []
     for index in range(count):
         colour, number = rng.choice(sorted(COLOURS)), rng.randint(1, 3)
         kind = rng.choice(sorted(QUESTIONS))
-        rows.append({"id": f"r{index:05d}", "caption": describe(colour, number), "question": QUESTIONS[kind],
-                     "response": trajectory(kind, colour, number, checks=rng.choice((0, 0, 1, 2)))})
+        said_colour, said_count = colour, number
+        if rng.random() < vague_share:
+            said_colour, said_count = (colour, None) if rng.random() < 0.5 else (None, number)
+        truth = colour if kind == "colour" else str(number)
+        guess = rng.choice(sorted(COLOURS) if kind == "colour" else ["1", "2", "3"])
+        detour = _wrong_value(kind, truth, rng) if rng.random() < detour_share else None
+        recovered = rng.random() < 0.5
+        rows.append({"id": f"r{index:05d}", "caption": describe(said_colour, said_count),
+                     "question": QUESTIONS[kind],
+                     "response": trajectory(kind, said_colour, said_count, detour, recovered, guess)})
     return rows
 
 
@@ -161,7 +219,8 @@ def text_mix_rows(count: int, seed: int) -> list[dict]:
 
 
 def write_task(directory: str | Path, *, images: int, warmup_images: int, reasoner_samples: int,
-               mix_samples: int, caption_prompt: str, eval_images: int = 0, seed: int = 0) -> dict:
+               mix_samples: int, caption_prompt: str, eval_images: int = 0, seed: int = 0,
+               vague_share: float = 0.0, detour_share: float = 0.0) -> dict:
     """Write every file of the task under ``directory``; returns counts and the file paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -170,25 +229,45 @@ def write_task(directory: str | Path, *, images: int, warmup_images: int, reason
     held_out = _scenes(directory, "eval", eval_images, seed + 4)
     files = {name: directory / f"{name}.jsonl" for name in
              ("rollout_inputs", "captioner_sft", "reasoner_sft", "mix_text", "mix_vqa", "eval_inputs")}
-    vqa = [{"id": f"w{index:04d}", "image": image, "question": caption_prompt, "response": scene.description,
-            "source": "demo/descriptions"} for index, (image, scene) in enumerate(warmup)]
+    rng = random.Random(seed + 5)
+    said = [vague(scene.colour, scene.count, rng) if rng.random() < vague_share else scene.description
+            for _, scene in warmup]
+    vqa = [{"id": f"w{index:04d}", "image": image, "question": caption_prompt, "response": text,
+            "source": "demo/descriptions"} for index, ((image, _), text) in enumerate(zip(warmup, said, strict=True))]
     counts = {
         "rollout_inputs": _write_jsonl(files["rollout_inputs"], rollout_rows(rollout)),
         "captioner_sft": _write_jsonl(files["captioner_sft"], vqa),
-        "reasoner_sft": _write_jsonl(files["reasoner_sft"], reasoner_rows(reasoner_samples, seed + 2)),
+        "reasoner_sft": _write_jsonl(files["reasoner_sft"], reasoner_rows(reasoner_samples, seed + 2,
+                                                                          vague_share, detour_share)),
         "mix_text": _write_jsonl(files["mix_text"], text_mix_rows(mix_samples, seed + 3)),
-        "mix_vqa": _write_jsonl(files["mix_vqa"], vqa[:mix_samples]),
+        "mix_vqa": _write_jsonl(files["mix_vqa"], [row for row, (_, scene) in zip(vqa, warmup, strict=True)
+                                                   if row["response"] == scene.description][:mix_samples]),
         "eval_inputs": _write_jsonl(files["eval_inputs"], rollout_rows(held_out, prefix="e")),
     }
     colours = sorted(scene.colour for _, scene in rollout)
     return {"images": images, "warmup_images": warmup_images, "rows": counts,
+            "vague_descriptions": sum(text != scene.description for (_, scene), text in zip(warmup, said, strict=True)),
             "files": {name: str(path) for name, path in files.items()},
             "colour_counts": {colour: colours.count(colour) for colour in sorted(set(colours))}}
 
 
+def stated_value(caption: str, kind: str) -> str | None:
+    """The value a caption states for the attribute ``kind`` ("2", "red"), ``OMITTED`` if it states
+    none, ``None`` if it states several (contradicting itself)."""
+    words = set(re.findall(r"[a-z]+", caption.lower()))
+    if kind == "count":
+        found = [str(number) for number, word in COUNT_WORDS.items() if word in words]
+    else:
+        found = [colour for colour in COLOURS if colour in words]
+    return OMITTED if not found else found[0] if len(found) == 1 else None
+
+
 def states_answer(caption: str, answer: str) -> bool:
     """Whether ``caption`` states the gold ``answer`` the way a description does ("two", "red")."""
-    words = re.findall(r"[a-z]+", caption.lower())
-    wanted = COUNT_WORDS.get(int(answer)) if answer.isdigit() else answer.lower()
-    others = ({COUNT_WORDS[n] for n in COUNT_WORDS} if answer.isdigit() else set(COLOURS)) - {wanted}
-    return wanted in words and not others & set(words)
+    return stated_value(caption, "count" if answer.isdigit() else "colour") == answer.lower()
+
+
+def caption_class(caption: str, answer: str) -> str:
+    """``right`` (states the gold answer), ``vague`` (leaves the attribute out) or ``wrong``."""
+    value = stated_value(caption, "count" if answer.isdigit() else "colour")
+    return "right" if value == answer.lower() else "vague" if value == OMITTED else "wrong"

@@ -26,8 +26,9 @@ from pathlib import Path
 STAMP_NAME = "tiny_fixture.json"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # The code whose output the fixtures are: any edit to it rebuilds stamped dirs on next use.
-BUILDER_SOURCES = (*sorted(_PACKAGE_DIR.glob("*.py")), _PACKAGE_DIR.parent / "tokenizer.py",
-                   _PACKAGE_DIR.parent.parent / "conversion" / "hf_formats.py")
+_REPO_DIR = _PACKAGE_DIR.parent.parent
+BUILDER_SOURCES = (*sorted(_PACKAGE_DIR.glob("*.py")), _REPO_DIR / "sophia_common" / "tokenizer.py",
+                   _REPO_DIR / "conversion" / "hf_formats.py", _REPO_DIR / "conversion" / "families.py")
 
 _LAZY_EXPORTS = {
     "build_tokenizer": "sophia_tools.tiny.tokenizer",
@@ -35,6 +36,7 @@ _LAZY_EXPORTS = {
     "build_all": "sophia_tools.tiny.internvl",
     "TINY_SHAPES": "sophia_tools.tiny.internvl",
     "build_reasoner": "sophia_tools.tiny.reasoner",
+    "build_vllm_policy": "sophia_tools.tiny.vllm_policy",
 }
 __all__ = [*_LAZY_EXPORTS, "build_atomically", "write_json"]
 

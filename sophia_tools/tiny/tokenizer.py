@@ -12,6 +12,12 @@ Two shapes, matching what real InternVL checkpoints ship:
   with InternVL's special tokens appended after the SentencePiece vocabulary and listed in
   ``added_tokens_decoder`` / ``added_tokens.json``. Like InternVL2.5-8B, ``eos_token`` is ``</s>``
   while chat turns end with ``<|im_end|>``.
+* ``sentencepiece_dummy_prefix`` — the same with SentencePiece's ``add_dummy_prefix`` on (as in
+  Llama-style models): every text segment is encoded as if it began with a space, so a response
+  tokenised on its own starts with ``▁There`` where the whole conversation has ``There``.
+* ``bpe_paragraphs`` — the ``bpe`` shape trained on paragraphs separated by blank lines, so it
+  merges ``\n\n`` into one token (as Qwen2's vocabulary does): a response that starts with a
+  newline merges with the ``\n`` that ends the prompt.
 
 The corpus is small and embedded (English, digits, math symbols, coloured shapes, counting and
 comparison words), because the demos ask counting questions about synthetic images of shapes.
@@ -120,7 +126,7 @@ def corpus_lines() -> list[str]:
     return lines
 
 
-def _train_bpe():
+def _train_bpe(lines: list[str] | None = None):
     """Byte-level BPE in Qwen2's layout; the special tokens are appended after the learned vocab."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -133,7 +139,7 @@ def _train_bpe():
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=BPE_BASE_VOCAB, min_frequency=1, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tokenizer.train_from_iterator(corpus_lines(), trainer=trainer)
+    tokenizer.train_from_iterator(corpus_lines() if lines is None else lines, trainer=trainer)
     tokenizer.add_special_tokens(list(QWEN_SPECIAL_TOKENS + INTERNVL_SPECIAL_TOKENS))
     return tokenizer
 
@@ -143,8 +149,14 @@ def _added_token_entry(content: str) -> dict:
             "single_word": False, "special": True}
 
 
-def _write_bpe(out: Path, chat_template: str) -> None:
-    tokenizer = _train_bpe()
+def _paragraphs() -> list[str]:
+    lines = corpus_lines()
+    # Without the final period, the blank line is a pre-token of its own and "\n\n" is learned.
+    return ["\n\n".join(line.rstrip(".") for line in lines[start:start + 3]) for start in range(0, len(lines), 3)]
+
+
+def _write_bpe(out: Path, chat_template: str, paragraphs: bool = False) -> None:
+    tokenizer = _train_bpe(_paragraphs() if paragraphs else None)
     tokenizer.save(str(out / "tokenizer.json"))
     specials = QWEN_SPECIAL_TOKENS + INTERNVL_SPECIAL_TOKENS
     decoder = {str(tokenizer.token_to_id(t)): _added_token_entry(t) for t in specials}
@@ -170,7 +182,7 @@ def _write_bpe(out: Path, chat_template: str) -> None:
         "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
 
 
-def _train_sentencepiece() -> bytes:
+def _train_sentencepiece(dummy_prefix: bool = False) -> bytes:
     """An InternLM2-shaped SentencePiece BPE model: <unk>=0, <s>=1, </s>=2, chat tokens as pieces."""
     import io
 
@@ -181,17 +193,17 @@ def _train_sentencepiece() -> bytes:
         sentence_iterator=iter(corpus_lines()), model_writer=model, model_type="bpe",
         vocab_size=SENTENCEPIECE_VOCAB, hard_vocab_limit=False, character_coverage=1.0,
         byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-        add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        add_dummy_prefix=dummy_prefix, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=list(INTERNLM2_CHAT_TOKENS),
         num_threads=1, minloglevel=2,
     )
     return model.getvalue()
 
 
-def _write_sentencepiece(out: Path, chat_template: str) -> None:
+def _write_sentencepiece(out: Path, chat_template: str, dummy_prefix: bool = False) -> None:
     import sentencepiece as spm
 
-    model_bytes = _train_sentencepiece()
+    model_bytes = _train_sentencepiece(dummy_prefix)
     (out / "tokenizer.model").write_bytes(model_bytes)
     processor = spm.SentencePieceProcessor(model_proto=model_bytes)
     base = processor.get_piece_size()
@@ -223,13 +235,18 @@ def _write_sentencepiece(out: Path, chat_template: str) -> None:
         "pad_token": "</s>", "unk_token": "<unk>"})
 
 
-TOKENIZER_KINDS = {"bpe": _write_bpe, "sentencepiece": _write_sentencepiece}
+TOKENIZER_KINDS = {
+    "bpe": _write_bpe,
+    "sentencepiece": _write_sentencepiece,
+    "sentencepiece_dummy_prefix": lambda out, template: _write_sentencepiece(out, template, dummy_prefix=True),
+    "bpe_paragraphs": lambda out, template: _write_bpe(out, template, paragraphs=True),
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
 
 
 def build_tokenizer(out: str | Path, kind: str = "bpe", chat_template: str = INTERNVL_CHAT_TEMPLATE) -> Path:
-    """Train a tiny tokenizer of ``kind`` ("bpe" or "sentencepiece") into ``out``; reuse it if present."""
+    """Train a tiny tokenizer of ``kind`` (a key of ``TOKENIZER_KINDS``) into ``out``; reuse it if present."""
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {sorted(TOKENIZER_KINDS)}")
     out = Path(out)

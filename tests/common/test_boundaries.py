@@ -15,6 +15,7 @@ from tests.multirank import REPO, subprocess_env
 
 FORBIDDEN = {
     "rollout": ("megatron", "transformer_engine", "sophia_megatron", "conversion", "sophia_tools"),
+    "evaluation": ("megatron", "transformer_engine", "sophia_megatron", "conversion", "sophia_tools"),
     "sophia_megatron": ("vllm", "rollout", "sophia_tools"),
     "conversion": ("vllm", "rollout", "sophia_megatron", "sophia_tools"),
     "sophia_common": ("vllm", "megatron", "transformer_engine", "sophia_megatron", "rollout", "conversion",

@@ -69,3 +69,26 @@ def test_unknown_section_and_bad_override(tmp_path):
 def test_field_docs_cover_nested():
     docs = field_docs(Train)
     assert docs["optim.lr"] == "peak learning rate" and docs["mode"] == "what to train"
+
+
+def test_a_list_given_as_a_scalar_shows_the_list_syntax():
+    """Old behaviour: "expected a list, got 'a.jsonl'" without saying how a list is written."""
+    raw = read_recipe(None, ["train.optim.betas=0.9"])
+    with pytest.raises(ConfigError, match=r"'train.optim.betas': expected a list, got 0.9; write a list as "
+                                          r"train.optim.betas=\[a,b\] on the command line"):
+        build(Train, raw["train"], "train")
+
+
+def test_a_recipe_that_is_not_utf8_names_the_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"train:\n  mode: sft\n  save_dir: /caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"r.yaml, line 3: not UTF-8 \(byte 0xe9\)"):
+        read_recipe(recipe)
+
+
+def test_overrides_help_documents_dotted_keys_and_lists():
+    from sophia_common.config import OVERRIDES_HELP
+
+    text = OVERRIDES_HELP.format(example="rollout.N=4")
+    assert "rollout.N=4" in text and "[a,b]" in text and "null" in text
+    assert "relative to the directory the command runs in" in " ".join(text.split())

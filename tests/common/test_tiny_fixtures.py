@@ -155,3 +155,30 @@ def test_imports_are_light():
             "& set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_internlm2_wqkv_layout_row_by_row(tiny_root, tmp_path):
+    # Bug caught: a wrong (h gs d) packing in the fixture writer or the converter (e.g. [q | k | v]
+    # contiguous, or k and v swapped) would still round-trip; this checks every row by its index.
+    import torch
+
+    from conversion.convert import hf_to_mcore
+
+    shape = TINY_SHAPES["vit300m_internlm2"]
+    d = shape.lm_hidden // shape.lm_heads
+    per_group = shape.lm_heads // shape.lm_kv_heads
+    hf = dict(iter_checkpoint_tensors(tiny_root["vit300m_internlm2_hf"]))
+    original = dict(iter_checkpoint_tensors(tiny_root["vit300m_internlm2_original"]))
+    hf_to_mcore(tiny_root["vit300m_internlm2_original"], tmp_path / "mc", tp=1, pp=1)
+    megatron = torch.load(tmp_path / "mc/iter_0000000/mp_rank_00/model_optim_rng.pt", weights_only=True)["model"]
+    for layer in range(shape.lm_layers):
+        q, k, v = (hf[f"language_model.model.layers.{layer}.self_attn.{x}_proj.weight"] for x in "qkv")
+        wqkv = original[f"language_model.model.layers.{layer}.attention.wqkv.weight"]
+        linear_qkv = megatron[f"language_model.decoder.layers.{layer}.self_attention.linear_qkv.weight"]
+        assert wqkv.shape[0] == linear_qkv.shape[0] == (per_group + 2) * shape.lm_kv_heads * d
+        for row in range(wqkv.shape[0]):
+            group, slot, offset = row // ((per_group + 2) * d), row % ((per_group + 2) * d) // d, row % d
+            expected = (q[(group * per_group + slot) * d + offset] if slot < per_group else
+                        k[group * d + offset] if slot == per_group else v[group * d + offset])
+            assert torch.equal(wqkv[row], expected), (layer, row)
+            assert torch.equal(linear_qkv[row], expected), (layer, row)  # Megatron uses the same order

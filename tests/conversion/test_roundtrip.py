@@ -60,3 +60,28 @@ def test_vocab_padded_for_tp_and_cut_on_export(tiny_root, tmp_path):
     assert vocab % 128 != 0
     assert embedding.shape[0] * 2 == -(-vocab // 256) * 256  # padded to a multiple of 128 * TP, halved
     assert torch.count_nonzero(embedding[vocab - embedding.shape[0]:]) == 0  # padding rows are zeros
+
+
+@pytest.mark.parametrize("first,last", ((1, 3), (3, 1)))
+def test_uneven_pipeline_split_round_trip(tiny_root, tmp_path, first, last):
+    # Bug caught: layer placement or local indices that ignore the uneven split (an even 2+2 would
+    # put layer 1 on stage 0 as local 1, not on stage 1 as local 0) or an export that assumes it.
+    source = tiny_root["vit300m_internlm2_original"]
+    mcore = tmp_path / "mc"
+    hf_to_mcore(source, mcore, tp=2, pp=2, first_stage_layers=first, last_stage_layers=last)
+    for pp_rank, count in enumerate((first, last)):
+        state = torch.load(mcore / f"iter_0000000/mp_rank_01_{pp_rank:03d}/model_optim_rng.pt",
+                           weights_only=True)["model"]
+        indices = {int(n.split(".")[3]) for n in state if n.startswith("language_model.decoder.layers.")}
+        assert indices == set(range(count)), (pp_rank, sorted(indices))
+    mcore_to_hf(mcore, tmp_path / "back")
+    assert_same_tensors(source, tmp_path / "back")
+
+
+def test_uneven_split_that_does_not_fit_is_refused(tiny_root, tmp_path):
+    from sophia_common.cli import UserError
+
+    with pytest.raises(UserError, match="cannot be split over PP=2"):
+        hf_to_mcore(tiny_root["vit300m_qwen2_hf"], tmp_path / "mc", tp=1, pp=2, first_stage_layers=1,
+                    last_stage_layers=1)
+    assert not (tmp_path / "mc").exists()

@@ -318,3 +318,90 @@ def test_rollout_arrays_then_merge(slurm, rollout_recipe):
         assert sorted(keys) == sorted((item, k, n) for item, k in captions for n in range(N)), table
     # The unsharded select exported (tiny random models answer nothing right: no rows selected).
     assert (rollout_recipe["store"] / "selected.parquet").is_file()
+
+
+# ---------------------------------------------------------------- served reasoners (launchers/serve.sh)
+
+
+def test_pipeline_dry_run_serves_the_reasoners_on_their_own_nodes():
+    """SERVE=1: a server job per reasoner (R1 over two nodes), the reason array on them, a teardown."""
+    env = {**os.environ, "DRY": "1", "SERVE": "1", "PYTHON": sys.executable, "SHARDS": "4",
+           "PIPELINE_STAGES": "caption reason merge-pack", "WORK": "runs/served",
+           "ROLLOUT_OVERRIDES": "rollout.reasoner.hard.pp=2"}
+    proc = subprocess.run([str(REPO / "launchers" / "pipeline.sh")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    names = [re.search(r"launchers/(\w+\.sh)|--wrap=(scancel)", line).group(0) for line in lines]
+    assert names == ["launchers/rollout_caption.sh", "launchers/serve.sh", "launchers/serve.sh",
+                     "launchers/rollout_reason.sh", "--wrap=scancel", "launchers/rollout_merge_pack.sh"]
+    easy, hard, reason, teardown = lines[1:5]
+    assert "ROLE=reasoner.easy" in easy and "--nodes=1 --gpus-per-node=4" in easy  # QwQ-32B: tp 4
+    assert "ROLE=reasoner.hard" in hard and "--nodes=2 --gpus-per-node=8" in hard  # R1: tp 8 x pp 2
+    assert "--dependency=afterok:ID_caption " in easy and "--dependency=afterok:ID_caption " in hard
+    assert re.search(r"--dependency=afterok:ID_caption\\?,after:ID_serve-reasoner.easy:ID_serve-reasoner.hard ",
+                     reason)
+    for role in ("easy", "hard"):
+        endpoint = f"runs/served/serve/reasoner.{role}.endpoint"
+        assert f"ENDPOINT_FILE={endpoint}" in (easy if role == "easy" else hard)
+        assert f"rollout.reasoner.{role}.engine=openai" in reason
+        assert f"rollout.reasoner.{role}.endpoint_file={endpoint}" in reason
+    assert "--gpus-per-node=0" in reason  # the reason tasks hold no GPUs while the servers do
+    assert "--dependency=afterany:ID_reason " in teardown
+    assert "scancel\\ ID_serve-reasoner.easy\\ ID_serve-reasoner.hard" in teardown
+
+
+def test_serve_dry_run_multi_node_starts_ray_then_the_server_on_the_head():
+    env = {**os.environ, "DRY": "1", "PYTHON": sys.executable, "CONFIG": "configs/internvl3_38b.yaml",
+           "ROLE": "reasoner.hard", "PP": "2", "SERVE_HOSTS": "gpu-a gpu-b", "SLURM_JOB_ID": "4242",
+           "ENDPOINT_FILE": "runs/x/hard.endpoint", "VLLM_CMD": "vllm serve"}
+    proc = subprocess.run([str(REPO / "launchers" / "serve.sh")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    head, worker, server, endpoint = proc.stdout.splitlines()
+    assert head == "ray-head gpu-a: ray start --head --port=6621 --block"  # 6379 + 4242 % 1000
+    assert worker == "ray-worker gpu-b: ray start --address=gpu-a:6621 --block"
+    assert server.startswith("server gpu-a: vllm serve deepseek-ai/DeepSeek-R1 --host 0.0.0.0 --port 8242 ")
+    assert "--tensor-parallel-size 8 --pipeline-parallel-size 2" in server  # tp from the recipe, pp from PP
+    assert "--max-model-len 40960" in server and "--distributed-executor-backend ray" in server
+    assert endpoint == "endpoint http://gpu-a:8242 -> runs/x/hard.endpoint"
+    single = subprocess.run([str(REPO / "launchers" / "serve.sh")], cwd=REPO, capture_output=True, text=True,
+                            env={**env, "ROLE": "reasoner.easy", "PP": "", "SERVE_HOSTS": "gpu-a"}, timeout=60)
+    assert single.returncode == 0 and single.stdout.startswith("server gpu-a: vllm serve Qwen/QwQ-32B ")
+    assert "ray" not in single.stdout.split("endpoint")[0]
+
+
+def test_served_reason_array_on_a_cpu_vllm_server_then_teardown(slurm, rollout_recipe, tiny_root):
+    """serve.sh (vLLM on CPU, tiny reasoner) -> reason array with --dependency=after:<server> -> scancel."""
+    pytest.importorskip("vllm")
+    from rollout.stages import TRAJECTORIES, read_rows
+    from rollout.store import Store
+
+    root = rollout_recipe["recipe"].parent
+    store, endpoint = root / "store-served", root / "serve" / "reasoner.endpoint"
+    env = {"CONFIG": str(rollout_recipe["recipe"]), "STORE_LAYOUT": "shared", "STORE_DIR": str(store),
+           "OVERRIDES": ""}
+    rc, caption = sbatch(slurm, "rollout_caption.sh", *CPU, "--array=0-0", f"--output={slurm['logs']}/%x-%A_%a.out",
+                         STAGES="caption", **env)
+    assert rc == 0, log_of(slurm, f"sophia-caption-{caption}_*.out")[-3000:]
+    _, server = sbatch(slurm, "serve.sh", *CPU, "--mem=4G", f"--output={slurm['logs']}/%x-%j.out", wait=False,
+                       MODEL=str(tiny_root["reasoner"]), ENDPOINT_FILE=str(endpoint), VLLM_CPU_KVCACHE_SPACE="1",
+                       VLLM_ARGS="--dtype bfloat16 --enforce-eager --max-model-len 2048")
+    served = ("rollout.reasoner.easy.engine=openai rollout.reasoner.easy.max_tokens=16 "
+              f"rollout.reasoner.easy.endpoint_file={endpoint} rollout.reasoner.easy.wait_for_server_s=900")
+    try:
+        rc, reason = sbatch(slurm, "rollout_reason.sh", *CPU, "--array=0-0", f"--dependency=after:{server}",
+                            f"--output={slurm['logs']}/%x-%A_%a.out", timeout=1200, STAGES="reason",
+                            **{**env, "OVERRIDES": served})
+        serve_log = log_of(slurm, f"sophia-serve-{server}.out")
+        reason_log = log_of(slurm, f"sophia-reason-{reason}_*.out")
+        assert rc == 0 and f"{OK} {reason}_0" in reason_log, reason_log[-3000:] + serve_log[-3000:]
+        assert "SOPHIA-SERVE-READY http://" in serve_log and endpoint.is_file()
+    finally:
+        subprocess.run(["scancel", server], env=job_env(slurm), capture_output=True)
+    deadline = time.monotonic() + 120
+    while endpoint.exists() or "server stopped" not in log_of(slurm, f"sophia-serve-{server}.out"):
+        assert time.monotonic() < deadline, "the server job did not clean up after scancel"
+        time.sleep(1)
+    keys = {(row["id"], row["k"], row["n"]) for row in read_rows(Store(store), TRAJECTORIES, ["id", "k", "n"])}
+    assert len(keys) == len(rollout_recipe["ids"]) * rollout_recipe["K"] * rollout_recipe["N"]

@@ -31,6 +31,9 @@ def test_check_prints_one_result_per_line_in_order(tmp_path):
         {"response": None, "answer": 5},
         {"response": "\\boxed{14}", "answer": "B", "choices": ["10", "12", "14"]},
         {"response": "\\boxed{(1,2)}", "answer": "[1,2)"},
+        {"response": "Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "answer": "0.75"},
+        {"response": "So $\\boxed{-x \\geq -5}$.", "answer": "x \\le 5"},
+        {"response": "\\boxed{0}", "answer": "3x+4y+14=0"},
     ]
     lines = [json.dumps(row) for row in rows]
     lines.insert(3, "")  # blank lines are skipped, not inputs
@@ -40,12 +43,15 @@ def test_check_prints_one_result_per_line_in_order(tmp_path):
     out = [json.loads(line) for line in done.stdout.splitlines()]
     assert out == [
         {"correct": True, "extracted": "\\dfrac{1}{2}", "reason": "numeric"},
-        {"correct": False, "extracted": None, "reason": "unclosed_think"},
+        {"correct": False, "extracted": None, "reason": "unfinished_think"},
         {"correct": True, "extracted": "(b)", "reason": "choice"},
         {"correct": True, "extracted": "x^2-1", "reason": "symbolic"},
         {"correct": False, "extracted": None, "reason": "no_answer"},
         {"correct": False, "extracted": "14", "reason": "choice"},
-        {"correct": False, "extracted": "(1,2)", "reason": "mismatch"},
+        {"correct": False, "extracted": "(1,2)", "reason": "structure"},
+        {"correct": True, "extracted": "\\frac{3}{4}", "reason": "numeric"},
+        {"correct": True, "extracted": "-x \\geq -5", "reason": "math_verify"},
+        {"correct": False, "extracted": "0", "reason": "mismatch"},
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -98,15 +99,11 @@ def test_misconfigured_engines_fail_clearly(tiny_root, tmp_path):
         SamplingParams(n=2, temperature=0)
 
 
-def test_vllm_captioning_without_torchvision_is_refused(tiny_root):
-    try:
-        import torchvision  # noqa: F401
-        pytest.skip("torchvision imports here")
-    except Exception:
-        pass
+def test_vllm_captioning_without_torchvision_is_refused(tiny_root, monkeypatch):
     pytest.importorskip("vllm")
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # what a host without (a usable) torchvision sees
     config = EngineConfig(model=str(tiny_root["vit300m_qwen2_hf"]), engine="vllm")
-    with pytest.raises(UserError, match="needs torchvision.*engine: transformers"):
+    with pytest.raises(UserError, match="needs torchvision.*torchvision_shim --install.*engine: transformers"):
         make_engine(config, "captioner", vision=True)
 
 
@@ -127,3 +124,54 @@ def test_vllm_engine_samples_n_per_prompt(tiny_root):
             assert finish_reason == FINISH_STOP or num_tokens == 16
     assert too_long["failure"][0] == "prompt_too_long"
     assert first_again == first and other_key != first  # seeded per request key
+
+
+# ---------------------------------------------------------------- torchvision on a CPU-only torch
+
+_DROP_HOOK = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+              "if type(f).__name__ != '_TorchvisionHook']; ")
+
+
+def test_torchvision_imports_in_every_fresh_interpreter_through_the_startup_hook():
+    """The .pth start-up hook (written by the Makefile's install) makes the CUDA-built torchvision import on
+    the CPU-only torch in any new interpreter (vLLM's workers are new interpreters), transformers with it."""
+    import torch
+
+    from sophia_common import torchvision_shim
+
+    if not torchvision_shim.cpu_only_torch():
+        pytest.skip("a CUDA/ROCm torch loads torchvision's own ops; the hook stays idle")
+    assert torchvision_shim.pth_path().is_file(), "run `make install` (python -m sophia_common.torchvision_shim --install)"
+    code = ("import torch, torchvision, transformers; from torchvision.transforms import functional; "
+            "print(torchvision.__version__, torch.ops.torchvision.nms.default._schema)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "torchvision::nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor" in proc.stdout
+    without = subprocess.run([sys.executable, "-c", _DROP_HOOK + "import torchvision"], capture_output=True,
+                             text=True, env=subprocess_env())
+    assert without.returncode != 0 and "torchvision::nms" in without.stderr  # the hook is what makes it work
+    assert torch.version.cuda is None
+
+
+def test_torchvision_hook_never_acts_on_a_cuda_torch(monkeypatch):
+    import torch
+
+    from sophia_common import torchvision_shim
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torchvision_shim, "_library", None)
+    assert not torchvision_shim.cpu_only_torch() and torchvision_shim.declare_schemas() is False
+
+
+def test_cpu_kv_cache_default_is_modest_and_respects_the_user(monkeypatch):
+    from rollout.engines import default_cpu_kv_cache_gib, set_default_cpu_kv_cache
+
+    gib = 1 << 30
+    assert [default_cpu_kv_cache_gib(n * gib) for n in (4, 24, 64, 512)] == [1, 2, 6, 8]
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    set_default_cpu_kv_cache("test")
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
+    set_default_cpu_kv_cache("test")
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == str(default_cpu_kv_cache_gib(total))

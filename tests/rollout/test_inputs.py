@@ -14,7 +14,6 @@ from PIL import Image
 
 from rollout.inputs import (
     BAD_ROW,
-    DUPLICATE_ID,
     EMPTY_QUESTION,
     INPUT_STAGE,
     MISSING_ANSWER,
@@ -65,8 +64,6 @@ def test_jsonl_good_rows_and_every_reject_reason(data_dir):
         row("   ", image="img/good.png"),
         "{not json",
         "[1, 2]",
-        row("dup", image="img/good.png"),
-        row("dup", image="img/good.png", question="another"),
         row("noq", image="img/good.png", question="  "),
         row("noa", image="img/good.png", answer=""),
         row("nulla", image="img/good.png", answer=None),
@@ -90,14 +87,13 @@ def test_jsonl_good_rows_and_every_reject_reason(data_dir):
     assert reasons == {
         "<train.jsonl line 5>": MISSING_ID, "<train.jsonl line 6>": MISSING_ID,
         "<train.jsonl line 7>": BAD_ROW, "<train.jsonl line 8>": BAD_ROW,
-        "dup": DUPLICATE_ID, "noq": EMPTY_QUESTION, "noa": MISSING_ANSWER, "nulla": MISSING_ANSWER,
+        "noq": EMPTY_QUESTION, "noa": MISSING_ANSWER, "nulla": MISSING_ANSWER,
         "nofile": MISSING_IMAGE, "noimage": MISSING_IMAGE, "trunc": UNREADABLE_IMAGE,
         "badb64": UNREADABLE_IMAGE, "notpng": UNREADABLE_IMAGE, "both": BAD_ROW,
     }
-    assert len(result.rejects) == len(reasons), "one reject per bad row, one per duplicated id"
+    assert len(result.rejects) == len(reasons), "one reject per bad row"
     by_id = {record["id"]: record for record in result.rejects}
-    assert by_id["dup"]["detail"] == "id occurs 2 times: train.jsonl line 9, train.jsonl line 10"
-    assert by_id["trunc"]["detail"].startswith("train.jsonl line 16: cannot decode image")
+    assert by_id["trunc"]["detail"].startswith("train.jsonl line 14: cannot decode image")
     assert str(data_dir / "img" / "missing.png") in by_id["nofile"]["detail"]
     assert all(r["stage"] == INPUT_STAGE and r["k"] is None and r["n"] is None for r in result.rejects)
     assert result.reject_counts()[MISSING_ID] == 2
@@ -135,13 +131,19 @@ def test_parquet_with_bytes_structs_and_relative_paths(data_dir):
     assert read_inputs(sub / "paths.parquet").rows[0].image == sub / "local.png"
 
 
-def test_ids_are_unique_across_files_and_images_checked_only_when_asked(data_dir):
+def test_duplicate_ids_are_an_error_that_says_what_to_do(data_dir):
+    """Old behaviour: every copy of a repeated id was dropped as a reject and the run exited 0."""
     good = "img/good.png"
     first = write_jsonl(data_dir / "a.jsonl", [row("x", image=good), row("y", image=good)])
     second = write_jsonl(data_dir / "b.jsonl", [row("y", image=good), row("t", image="img/truncated.png")])
-    result = read_inputs([first, second])
-    assert [r.id for r in result.rows] == ["x"]
-    assert {r["id"]: r["reason"] for r in result.rejects} == {"y": DUPLICATE_ID, "t": UNREADABLE_IMAGE}
+    with pytest.raises(UserError, match=r"1 id\(s\) occur more than once in the input: 'y' at a.jsonl line 2, "
+                                        r"b.jsonl line 1\. Every row needs its own id .*make the ids unique"):
+        read_inputs([first, second])
+    with pytest.raises(UserError, match="occur more than once"):  # whichever shard owns the id
+        read_inputs([first, second], Shard(1, 7))
+    result = read_inputs(second)
+    assert [r.id for r in result.rows] == ["y"]
+    assert {r["id"]: r["reason"] for r in result.rejects} == {"t": UNREADABLE_IMAGE}
     assert [r.id for r in read_inputs(second, check_images=False).rows] == ["y", "t"]
     with pytest.raises(UserError, match="listed twice"):
         read_inputs([first, first])
@@ -159,14 +161,13 @@ def test_unreadable_files_are_user_errors_naming_the_file(data_dir):
     pq.write_table(pa.table({"id": ["a"], "question": ["q"]}), data_dir / "thin.parquet")
     with pytest.raises(UserError, match="thin.parquet has no column.s. answer, image"):
         read_inputs(data_dir / "thin.parquet")
-    (data_dir / "latin1.jsonl").write_bytes(b'{"id": "caf\xe9"}\n')
-    with pytest.raises(UserError, match="cannot read rollout input .*latin1.jsonl"):
+    (data_dir / "latin1.jsonl").write_bytes(b'{"id": "a"}\n{"id": "b"}\n{"id": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"latin1.jsonl, line 3: not UTF-8 \(byte 0xe9 at column 12\)"):
         read_inputs(data_dir / "latin1.jsonl")
 
 
 def test_shards_partition_rows_and_rejects(data_dir):
     records = [row(f"item{i}", image="img/good.png") for i in range(40)]
-    records += [row("dup", image="img/good.png")] * 3
     records += [row("noa", image="img/good.png", answer=None), "{bad"]
     path = write_jsonl(data_dir / "all.jsonl", records)
     whole = read_inputs(path, check_images=False)
@@ -177,7 +178,7 @@ def test_shards_partition_rows_and_rejects(data_dir):
     assert all(shard_of(item_id, 3) == index for index, part in enumerate(ids) for item_id in part)
     rejects = sorted(record["id"] for part in parts for record in part.rejects)
     assert rejects == sorted(record["id"] for record in whole.rejects)
-    assert rejects == ["<all.jsonl line 45>", "dup", "noa"]
+    assert rejects == ["<all.jsonl line 42>", "noa"]
 
 
 def test_shard_parsing_and_errors():
@@ -210,3 +211,17 @@ def test_sharding_is_stable_disjoint_covering_and_order_free():
 def test_input_row_reads_image_lazily(tmp_path):
     (tmp_path / "x.png").write_bytes(png_bytes())
     assert InputRow("a", "q", "1", "s", tmp_path / "x.png").image_bytes() == png_bytes()
+
+
+def test_content_hash_changes_with_the_row_and_its_image_file(data_dir):
+    """Rejects are keyed by it: a repaired image or an edited row must get a new hash, an untouched one not."""
+    path = write_jsonl(data_dir / "h.jsonl", [row("a", image="img/truncated.png"), row("b", image="img/good.png")])
+    before = read_inputs(path).content_hashes()
+    assert before == read_inputs(path, check_images=False).content_hashes()  # stable across reads
+    assert len(set(before.values())) == 2 and all(len(value) == 64 for value in before.values())
+    (data_dir / "img" / "truncated.png").write_bytes(png_bytes(size=(64, 64)))  # the image is repaired
+    repaired = read_inputs(path)
+    assert [r.id for r in repaired.rows] == ["a", "b"]
+    assert repaired.content_hashes()["a"] != before["a"] and repaired.content_hashes()["b"] == before["b"]
+    write_jsonl(path, [row("a", image="img/truncated.png"), row("b", image="img/good.png", answer="8")])
+    assert read_inputs(path).content_hashes()["b"] != before["b"]  # the row itself changed

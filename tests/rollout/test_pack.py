@@ -2,9 +2,11 @@
 
 The data: three sources (SOPHIA trajectories as JSONL with image paths, text-only samples as parquet,
 VQA samples as parquet with image bytes) with every reject reason and every drop reason, packed with
-both tiny tokenizers (byte-level BPE without BOS, SentencePiece with BOS). Expected conversations
-are rebuilt here from the rows with ``plan_tiles`` / ``image_token_string`` (not with the renderer),
-so decoding a pack checks the renderer against an independent statement of the template.
+the tiny tokenizers (byte-level BPE without BOS, SentencePiece with BOS, and SentencePiece with a
+dummy prefix). Expected conversations are rebuilt here from the rows with ``plan_tiles`` /
+``image_token_string`` (not with the renderer), and the packed token ids are compared with the ids
+of that whole string, so a pack is checked against an independent statement of the template and of
+its tokenisation (a response tokenised on its own would differ under a dummy prefix).
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ from rollout.pack.build import (
 from rollout.pack.planner import TOO_MANY_TILES, TOO_MANY_TOKENS
 from rollout.pack.render import (
     IMAGE_PLACEHOLDER_MISMATCH,
+    RESPONSE_MERGES_WITH_PROMPT,
     SPECIAL_TOKEN_IN_TEXT,
+    ChatRenderer,
+    RenderRejected,
     SystemPrompts,
+    Tiling,
     TokenizedSample,
 )
 from rollout.pack.write import REJECTS_NAME
@@ -101,6 +107,16 @@ def vqa_rows() -> list[dict]:
              "source": "rlaif-v"} for i in range(6)]
 
 
+@pytest.fixture(scope="module")
+def tokenizers(tiny_root, tmp_path_factory) -> dict[str, Path]:
+    """The shared tiny tokenizers plus the two shapes that break separate prompt/response tokenisation."""
+    from sophia_tools.tiny.tokenizer import build_tokenizer
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    return {"bpe": tiny_root["tokenizer_bpe"], "sentencepiece": tiny_root["tokenizer_sentencepiece"],
+            **{kind: build_tokenizer(root / kind, kind) for kind in ("sentencepiece_dummy_prefix", "bpe_paragraphs")}}
+
+
 @pytest.fixture
 def data(tmp_path) -> dict:
     (tmp_path / "img").mkdir()
@@ -125,8 +141,8 @@ def write_recipe(data: dict, tokenizer_dir: Path, out: Path | None = None, **pac
         "tokenizer_dir": str(tokenizer_dir),
         "max_seq_len": MAX_SEQ_LEN,
         "max_tiles_per_pack": MAX_TILES_PER_PACK,
-        "default_system_prompt": "prompts/default.txt",
-        "slow_thinking_prompt": "prompts/slow.txt",
+        "default_system_prompt": str(data["dir"] / "prompts" / "default.txt"),
+        "slow_thinking_prompt": str(data["dir"] / "prompts" / "slow.txt"),
         "packs_per_shard": 2,
         "sources": [{"path": str(data["trajectories"]), "kind": "trajectories"},
                     {"path": str(data["text"]), "kind": "text", "weight": 2.0},
@@ -145,7 +161,7 @@ def run_pack(recipe: Path, force: bool = False, **overrides):
     config = build(PackConfig, read_recipe(recipe)["pack"], "pack")
     for key, value in overrides.items():
         setattr(config, key, value)
-    return pack_dataset(config, recipe_dir=recipe.parent, force=force, config_file=recipe)
+    return pack_dataset(config, force=force, config_file=recipe)
 
 
 def read_packs(out: Path) -> list[dict]:
@@ -155,7 +171,7 @@ def read_packs(out: Path) -> list[dict]:
     return packs
 
 
-def expected_conversation(row: dict, bos: str) -> str:
+def expected_conversation(row: dict, bos: str, prompt_only: bool = False) -> str:
     images = [] if row["kind"] == "text" else [plan_tiles(*SIZES[_size_name(row)]).num_tiles]
     strings = [image_token_string(tiles) for tiles in images]
     question = row["question"]
@@ -165,8 +181,8 @@ def expected_conversation(row: dict, bos: str) -> str:
     else:
         question = "".join(string + "\n" for string in strings) + question
     system = SLOW_PROMPT if "<think>" in row["response"] and "</think>" in row["response"] else DEFAULT_PROMPT
-    return (f"{bos}<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
-            f"<|im_start|>assistant\n{row['response']}<|im_end|>\n")
+    prompt = f"{bos}<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    return prompt if prompt_only else f"{prompt}{row['response']}<|im_end|>\n"
 
 
 def _size_name(row: dict) -> str:
@@ -192,13 +208,14 @@ def samples_of(pack: dict, img_start_id: int) -> list[dict]:
     return samples
 
 
-@pytest.mark.parametrize("kind", ["bpe", "sentencepiece"])
-def test_pack_end_to_end(tiny_root, data, kind):
-    tokenizer = load_tokenizer(tiny_root[f"tokenizer_{kind}"])
+@pytest.mark.parametrize("kind", ["bpe", "sentencepiece", "sentencepiece_dummy_prefix"])
+def test_pack_end_to_end(tokenizers, data, kind):
+    tokenizer = load_tokenizer(tokenizers[kind])
     bos = tokenizer.decode([tokenizer.bos_id]) if tokenizer.add_bos_token else ""
-    assert (kind == "sentencepiece") == bool(bos)
+    bos_ids = [tokenizer.bos_id] if bos else []
+    assert kind.startswith("sentencepiece") == bool(bos)
     out = data["dir"] / "packed"
-    manifest = run_pack(write_recipe(data, tiny_root[f"tokenizer_{kind}"], out))
+    manifest = run_pack(write_recipe(data, tokenizers[kind], out))
     packs = read_packs(out)
     rows = data["rows"]
 
@@ -214,6 +231,10 @@ def test_pack_end_to_end(tiny_root, data, kind):
             assert sample["source"] == f"{row['kind']}/{row['source']}"
             assert sample["weight"] == pytest.approx(row.get("weight", 1.0))
             assert sample["positions"] == list(range(len(ids)))
+            # Token ids, not decoded text: the whole conversation tokenised as one string, and the
+            # loss starting right after the ids of the prompt alone (what the model gets at inference).
+            assert ids == bos_ids + tokenizer.encode(expected_conversation(row, ""))
+            assert mask.index(1) == len(bos_ids + tokenizer.encode(expected_conversation(row, "", prompt_only=True)))
             assert tokenizer.decode(ids) == expected_conversation(row, bos)
             masked = [token for token, m in zip(ids, mask) if m]
             assert tokenizer.decode(masked) == row["response"] + "<|im_end|>"
@@ -289,6 +310,41 @@ def test_mixing_weights_are_fractions_and_deterministic():
         build(PackConfig, {"sources": [{"path": "x", "weight": -1}]}, "pack")
 
 
+def test_a_dummy_prefix_tokenizer_needs_whole_conversation_tokenisation(tokenizers):
+    """The bug this guards: with a dummy prefix, ``encode(response)`` starts with ``▁There``, which the
+    model never produces after ``assistant\\n``; the renderer's target ids must be the in-context ones."""
+    tokenizer = load_tokenizer(tokenizers["sentencepiece_dummy_prefix"])
+    renderer = ChatRenderer(tokenizer, SystemPrompts(default="plain", slow_thinking="slow"), Tiling())
+    sample = renderer.tokenize("How many stars?", "There are 4 stars.")
+    targets = sample.input_ids[sample.target_start:sample.target_end].tolist()
+    alone = tokenizer.encode("There are 4 stars.")
+    assert targets[:-1] != alone  # the fixture really has a dummy prefix
+    assert targets[:-1] == tokenizer.encode("<|im_start|>assistant\nThere are 4 stars.")[
+        len(tokenizer.encode("<|im_start|>assistant\n")):]
+    assert targets[-1] == tokenizer.end_of_turn_id
+
+
+def test_a_response_that_merges_with_the_prompt_is_rejected_and_counted(tokenizers, data):
+    """Qwen2-style BPE merges the prompt's closing newline with a response that starts with one."""
+    merging = load_tokenizer(tokenizers["bpe_paragraphs"])
+    renderer = ChatRenderer(merging, SystemPrompts(default="plain", slow_thinking="slow"), Tiling())
+    with pytest.raises(RenderRejected) as rejected:
+        renderer.tokenize("How many stars?", "\nThere are 4 stars.")
+    assert rejected.value.reason == RESPONSE_MERGES_WITH_PROMPT and "'\\n\\n'" in rejected.value.detail
+    plain = ChatRenderer(load_tokenizer(tokenizers["bpe"]), SystemPrompts("plain", "slow"), Tiling())
+    assert len(plain.tokenize("How many stars?", "\nThere are 4 stars.")) > 0  # no merge: no problem
+    newline = data["dir"] / "newline.jsonl"
+    newline.write_text(json.dumps({"id": "nl", "question": "Why?", "response": "\nBecause."}) + "\n"
+                       + json.dumps({"id": "ok", "question": "Why?", "response": "Because."}) + "\n")
+    out = data["dir"] / "packed-nl"
+    manifest = run_pack(write_recipe(data, tokenizers["bpe_paragraphs"], out),
+                        sources=[PackSource(path=str(newline), kind="text", weight=2.0)])
+    assert manifest.stats["dropped_by_reason"] == {RESPONSE_MERGES_WITH_PROMPT: 2}  # both selected copies
+    assert manifest.stats["samples_packed"] == 2 and manifest.stats["samples_in"] == 4
+    excluded = [json.loads(line) for line in (out / REJECTS_NAME).read_text().splitlines()]
+    assert [(e["id"], e["reason"]) for e in excluded] == [("nl", RESPONSE_MERGES_WITH_PROMPT)] * 2
+
+
 def test_truncate_keeps_the_mask_consistent(tiny_root, data):
     out = data["dir"] / "packed"
     manifest = run_pack(write_recipe(data, tiny_root["tokenizer_bpe"], out, oversize="truncate"))
@@ -347,7 +403,7 @@ def test_bad_sources_name_the_file(tiny_root, data):
     with pytest.raises(UserError, match=str(corrupt)):
         run_pack(recipe, sources=[PackSource(path=str(corrupt), kind="text")])
     with pytest.raises(UserError, match="system prompt file .*nothing.txt"):
-        run_pack(recipe, slow_thinking_prompt="nothing.txt")
+        run_pack(recipe, slow_thinking_prompt=str(data["dir"] / "nothing.txt"))
     with pytest.raises(ConfigError, match="tokenizer_dir"):
         run_pack(recipe, tokenizer_dir=None)
     assert not (data["dir"] / "packed").exists()

@@ -240,3 +240,29 @@ def test_empty_file_and_missing_file_are_user_errors(tmp_path, capsys):
         main(["--lengths", str(empty)])
     assert profile_main(["packing", "--lengths", str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt" in capsys.readouterr().err
+
+
+def test_help_lists_every_option_with_its_meaning_and_default(capsys):
+    """Old behaviour: --oversize, --distribution and --seed had no description and no default shown."""
+    import re
+
+    from sophia_tools.bench import packing
+
+    with pytest.raises(SystemExit) as done:
+        packing.main(["--help"])
+    assert done.value.code == 0
+    entries: dict[str, str] = {}
+    for line in capsys.readouterr().out.splitlines():
+        match = re.match(r"^  (?:-h, )?(--[\w-]+)", line)
+        if match:
+            option = match.group(1)
+            entries[option] = line
+        elif line.startswith("   ") and entries:
+            entries[option] += " " + line.strip()
+    options = {"--lengths", "--max-seq-len", "--max-tiles", "--oversize", "--generate", "--distribution", "--seed",
+               "--write", "--plot"}
+    assert set(entries) == options | {"--help"}
+    for option in options:
+        description = " ".join(entries[option].split()).split(" ", 2)[-1]
+        assert re.search(r"[a-z]{3,} [a-z]{3,}", description), f"{option} has no description: {entries[option]}"
+        assert "(default: " in description, f"{option} shows no default: {entries[option]}"

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -178,6 +179,14 @@ def test_random_ablation_selects_and_exports_real_trajectories(full_run, workspa
 
     store = workspace / "ablation"
     shutil.copytree(full_run, store, ignore=shutil.ignore_patterns(SELECTED, DECISIONS, "selected.*"))
+    # The tiny reasoner is cut at max_tokens nearly always; mark only n = 0 as finished, so the
+    # draw must come from those (a cut-off trajectory is never drawn, even with rewards ignored).
+    scores = Store(store).table(SCORES).read()
+    for shard in (store / SCORES).glob("part-*.parquet"):
+        shard.unlink()
+    finished = [row["n"] == 0 for row in scores.to_pylist()]
+    Store(store).table(SCORES).write(scores.set_column(scores.schema.get_field_index("truncated"), "truncated",
+                                                       pa.array([not value for value in finished])))
     out = workspace / "ablation.jsonl"
     invocation = Invocation(load_config(workspace / "recipe.yaml", [f"store_dir={store}", "ablation=random",
                                                                      f"selected_out={out}"]),
@@ -186,6 +195,7 @@ def test_random_ablation_selects_and_exports_real_trajectories(full_run, workspa
     assert report.written == len(GOOD) and report.extra["exported"] == len(GOOD)
     samples = read_inputs(out, require=("image",), extra_columns=("response", "weight", "question_id"))
     assert sorted(row.extra["question_id"] for row in samples.rows) == sorted(GOOD)
+    assert all(row.id.endswith("n0") for row in samples.rows)
     assert all(row.extra["weight"] == 1.0 and row.image_bytes()[:4] == b"\x89PNG" for row in samples.rows)
     texts = {row["text"] for row in read_rows(Store(full_run), TRAJECTORIES, ["text"])}
     assert {row.extra["response"] for row in samples.rows} <= texts
@@ -233,3 +243,61 @@ def test_run_with_the_vllm_reasoner(workspace, tiny_root):
     assert _keys(store, SCORES) == _keys(store, TRAJECTORIES)
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and [json.loads(line)["written"] for line in again.stdout.splitlines()] == [0] * 4
+
+
+def test_an_engine_error_is_retried_by_the_next_run(workspace):
+    """Old behaviour: the rejected keys were skipped for good, so the rerun said already_done."""
+    config = load_config(workspace / "recipe.yaml", [f"store_dir={workspace / 'flaky'}"])
+    if not (workspace / "flaky").exists():
+        test_an_engine_error_rejects_only_its_request(workspace)
+    (report,) = run_stages(["caption"], Invocation(config, workspace / "recipe.yaml", Shard(), args=None))
+    assert report.written == K and report.already_done == report.wanted - K  # only blue_tall's captions
+    assert _keys(workspace / "flaky", CAPTIONS, ("id",)) == sorted((item,) for item in GOOD for _ in range(K))
+
+
+def test_a_fixed_image_is_examined_again(workspace, tmp_path):
+    """Old behaviour: after repairing a corrupt image the rerun skipped it as already rejected."""
+    shutil.copy(workspace / "inputs.jsonl", tmp_path / "inputs.jsonl")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    for name in ("red.png", "blue.png"):
+        shutil.copy(workspace / name, tmp_path / name)
+    overrides = [f"store_dir={tmp_path / 'store'}", f"inputs=[{tmp_path / 'inputs.jsonl'}]"]
+    invocation = Invocation(load_config(workspace / "recipe.yaml", overrides), workspace / "recipe.yaml",
+                            Shard(), args=None)
+    assert run_stages(["caption"], invocation)[0].rejected == K
+    (tmp_path / "broken.png").write_bytes(_png((40, 30), (90, 90, 90)))  # repaired
+    (again,) = run_stages(["caption"], invocation)
+    assert (again.written, again.rejected) == (K, 0)
+    assert ("broken",) in _keys(tmp_path / "store", CAPTIONS, ("id",))
+
+
+def test_a_store_made_by_another_model_is_refused(full_run, workspace, tmp_path):
+    """Old behaviour: another captioner or reasoner into the same store reported already_done and reused
+    the old model's captions and trajectories."""
+    from rollout.store import StoreError
+
+    recipe = workspace / "recipe.yaml"
+    captioner = tmp_path / "captioner-round2"  # the same model after a (pretend) training round
+    shutil.copytree(load_config(recipe).captioner.model, captioner)
+    weights = next(captioner.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # the first tensor's bytes, after the safetensors header
+    data[start:start + 64] = bytes(value ^ 1 for value in data[start:start + 64])  # lowest bits: still floats
+    weights.write_bytes(bytes(data))
+    before = _shard_files(full_run)
+    with pytest.raises(StoreError, match="(?s)table 'captions' .*captioner.model.weights: recorded \"sha256:.*"
+                                         "now \"sha256:.*captioner-round2.*rollout.namespace=NAME"):
+        run_main(["--config", str(recipe), f"captioner.model={captioner}"])
+    with pytest.raises(StoreError, match=r"(?s)table 'trajectories' .*easy.sampling.temperature: recorded 1.0, "
+                                         r"now 0.5"):
+        run_main(["--config", str(recipe), "reasoner.easy.temperature=0.5"])
+    assert _shard_files(full_run) == before  # nothing was written
+    # asked for explicitly, the new model's results go to a namespace of their own
+    shared = tmp_path / "shared"
+    shutil.copytree(full_run, shared)
+    invocation = Invocation(load_config(recipe, [f"store_dir={shared}", f"captioner.model={captioner}",
+                                                 "namespace=round2"]), recipe, Shard(), args=None)
+    (report,) = run_stages(["caption"], invocation)
+    assert report.written == len(GOOD) * K
+    assert _keys(shared / "namespaces" / "round2", CAPTIONS, ("id", "k")) == _keys(full_run, CAPTIONS, ("id", "k"))
+    assert _shard_files(shared / CAPTIONS) == _shard_files(full_run / CAPTIONS)

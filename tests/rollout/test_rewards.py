@@ -138,6 +138,19 @@ def test_random_ignores_rewards_and_is_seeded():
     assert len(select_for_question(nothing_right, SelectionSettings(ablation="random"))) == 1
 
 
+def test_random_never_draws_truncated_or_unfinished_trajectories():
+    """Old behaviour: the random pool held every trajectory, cut-off ones (finish_reason=length) included."""
+    from dataclasses import replace
+
+    pool = [replace(t, truncated=t.n == 0, unfinished=t.n == 1) for t in question()]
+    finished = {(t.k, t.n) for t in pool if t.n >= 2}
+    for seed in range(40):
+        chosen = keys(select_for_question(pool, SelectionSettings(ablation="random", keep_k=3, seed=seed)))
+        assert len(chosen) == 3 and set(chosen) <= finished
+    cut_off = [replace(t, truncated=True) for t in question()]
+    assert select_for_question(cut_off, SelectionSettings(ablation="random")) == []
+
+
 def test_random_draw_of_a_question_does_not_depend_on_other_questions():
     settings = SelectionSettings(ablation="random", seed=3)
     alone = select(question(), settings)
@@ -165,9 +178,12 @@ def _hand_built_run(tmp_path, **overrides):
     rows = [{"id": "q", "image": "blue.png", "question": "<image>\nHow many?", "answer": "3", "source": "hand"},
             {"id": "none_right", "image": "blue.png", "question": "Which?", "answer": "B", "source": "hand"}]
     (tmp_path / "inputs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    config = RolloutConfig(inputs=[str(tmp_path / "inputs.jsonl")], store_dir=str(tmp_path / "store"), N=4,
+    overrides.setdefault("N", 4)
+    config = RolloutConfig(inputs=[str(tmp_path / "inputs.jsonl")], store_dir=str(tmp_path / "store"),
                            captioner=CaptionerConfig(K=3), **overrides)
     run = open_run(config, None, Shard(), engine_factory=None)
+    for table in (CAPTIONS, TRAJECTORIES, SCORES):  # as the stages would record them
+        run.checked_table(table, write=True)
     scored = question() + [traj(k, n, False, 0.0, 10, item="none_right") for k in range(3) for n in range(4)]
     text = {True: "so the count is \\boxed{3}</think>There are 3.", False: "I think it is \\boxed{4}."}
     run.store.table(CAPTIONS).write(as_arrow([{"id": t.id, "k": t.k, "text": "a caption", "num_tokens": 3,
@@ -213,19 +229,24 @@ def test_select_stage_refuses_other_settings_on_a_decided_store(tmp_path):
     run = _hand_built_run(tmp_path)
     select_stage(run)
     run.config.alpha = 0.5
-    with pytest.raises(UserError, match="fresh store_dir"):
+    with pytest.raises(UserError, match="(?s)table 'decisions'.*alpha: recorded 0.75, now 0.5.*fresh "
+                                        "rollout.store_dir"):
         select_stage(run)
 
 
 def test_select_stage_waits_for_incomplete_questions(tmp_path):
     from rollout.stages import DECISIONS, TRAJECTORIES, read_rows, select_stage
+    from rollout.store import reject_record
 
-    run = _hand_built_run(tmp_path)
-    run.config.N = 5  # the stored captions now lack a fifth trajectory each
+    run = _hand_built_run(tmp_path, N=5)  # the stored captions lack a fifth trajectory each
     report = select_stage(run)
     assert (report.written, report.extra["questions_incomplete"]) == (0, 2)
     assert not read_rows(run.store, DECISIONS, ["id"])
-    run.store.write_rejects([{"id": item, "stage": "reason", "reason": "engine_error", "detail": "",
-                              "k": k, "n": 4} for item in ("q", "none_right") for k in range(3)])
+    hashes = run.input_hashes()
+    run.store.write_rejects([reject_record(item, "reason", "engine_error", k=k, n=4, input_hash=hashes[item])
+                             for item in ("q", "none_right") for k in range(3)])
+    assert select_stage(run).extra["questions_incomplete"] == 2  # an engine error is retried, not final
+    run.store.write_rejects([reject_record(item, "reason", "prompt_too_long", k=k, n=4, input_hash=hashes[item])
+                             for item in ("q", "none_right") for k in range(3)])
     assert select_stage(run).extra["questions_decided"] == 2
     assert read_rows(run.store, TRAJECTORIES, ["id"])

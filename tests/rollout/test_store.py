@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from rollout.store import REJECTS, TEMP_PREFIX, Store, StoreError, merge, reject_record
+from rollout.merge import merge
+from rollout.store import REJECTS, TEMP_PREFIX, Store, StoreError, reject_record
 from tests.multirank import REPO, subprocess_env
 from tests.rollout.workers.store_writer import fake_caption
 
@@ -89,29 +90,87 @@ def test_rows_must_fit_the_table(tmp_path):
 def test_rejects_are_counted_by_reason_and_skippable(tmp_path):
     store = Store(tmp_path)
     store.write_rejects([
-        reject_record("a", "input", "missing_answer", "line 1"),
-        reject_record("b", "caption", "engine_error", "timeout", k=0),
-        reject_record("b", "caption", "engine_error", "timeout", k=1),
-        reject_record("c", "reason", "engine_error", k=0, n=3),
+        reject_record("a", "input", "missing_answer", "line 1", input_hash="ha"),
+        reject_record("b", "caption", "unreadable_image", "truncated file", k=0, input_hash="hb"),
+        reject_record("b", "caption", "unreadable_image", "truncated file", k=1, input_hash="hb"),
+        reject_record("c", "reason", "engine_error", k=0, n=3, input_hash="hc"),
     ])
-    assert Store(tmp_path).reject_counts() == {"engine_error": 3, "missing_answer": 1}
-    assert store.reject_counts("caption") == {"engine_error": 2}
+    assert Store(tmp_path).reject_counts() == {"unreadable_image": 2, "engine_error": 1, "missing_answer": 1}
+    assert store.reject_counts("caption") == {"unreadable_image": 2}
     assert store.rejected_keys("caption", ("id", "k")) == {("b", 0), ("b", 1)}
     assert store.rejected_keys("input") == {("a",)}
-    assert store.rejects.existing_keys() >= {("input", "a", None, None), ("reason", "c", 0, 3)}
+    assert store.rejects.existing_keys() >= {("input", "a", None, None, "ha", "missing_answer"),
+                                             ("reason", "c", 0, 3, "hc", "engine_error")}
     with pytest.raises(StoreError, match="already holds"):
-        store.write_rejects([reject_record("a", "input", "missing_answer")])
-    assert store.write_rejects([reject_record("a", "input", "missing_answer")], skip_existing=True) is None
+        store.write_rejects([reject_record("a", "input", "missing_answer", input_hash="ha")])
+    assert store.write_rejects([reject_record("a", "input", "missing_answer", input_hash="ha")],
+                               skip_existing=True) is None
     assert store.rejects.read().schema.field("k").type == pa.int64()
+
+
+def test_transient_rejects_are_retried_and_changed_rows_reexamined(tmp_path):
+    """Old behaviour: every reject was skipped for good, so a fixed image or an engine hiccup never came back."""
+    store = Store(tmp_path)
+    store.write_rejects([reject_record("c", "reason", "engine_error", k=0, n=3, input_hash="hc"),
+                         reject_record("d", "reason", "timeout", k=0, n=0, input_hash="hd"),
+                         reject_record("b", "caption", "unreadable_image", k=0, input_hash="old")])
+    assert store.rejected_keys("reason", ("id", "k", "n")) == set()  # transient: retried by the next run
+    assert store.rejected_keys("caption", ("id", "k"), {"b": "old"}) == {("b", 0)}
+    assert store.rejected_keys("caption", ("id", "k"), {"b": "new"}) == set()  # the row changed: look again
+    # the same row rejected again after the change is a new record, skipped from then on
+    store.write_rejects([reject_record("b", "caption", "unreadable_image", k=0, input_hash="new")])
+    assert store.rejected_keys("caption", ("id", "k"), {"b": "new"}) == {("b", 0)}
+    # a retried transient failure that now fails for good is recorded beside it, and skipped from then on
+    store.write_rejects([reject_record("c", "reason", "prompt_too_long", k=0, n=3, input_hash="hc")])
+    assert store.rejected_keys("reason", ("id", "k", "n")) == {("c", 0, 3)}
+
+
+def test_provenance_is_recorded_and_a_change_is_refused(tmp_path):
+    """Old behaviour: a store made by another model was reused silently (``already_done``)."""
+    made = {"stage": "caption", "captioner": {"model": {"path": "/m/round1", "weights": "sha256:aaa"},
+                                              "sampling": {"temperature": 1.0}}, "K": 8}
+    store = Store(tmp_path)
+    store.check_provenance("captions", made, record=True)
+    store.table("captions").write(caption_rows(["a"]))
+    assert Store(tmp_path).table("captions").provenance == made
+    moved = {**made, "captioner": {**made["captioner"], "model": {"path": "/elsewhere", "weights": "sha256:aaa"}}}
+    assert Store(tmp_path).check_provenance("captions", moved, record=False)  # same weights, other dir: same
+    other = {**made, "captioner": {**made["captioner"], "model": {"path": "/m/round2", "weights": "sha256:bbb"}},
+             "K": 4}
+    with pytest.raises(StoreError) as error:
+        Store(tmp_path).check_provenance("captions", other, record=True, hint="use another store")
+    message = str(error.value)
+    assert "table 'captions'" in message and "K: recorded 8, now 4" in message
+    assert 'captioner.model.weights: recorded "sha256:aaa", now "sha256:bbb"' in message
+    assert "'/m/round1'" in message and "'/m/round2'" in message and message.endswith("use another store")
+    assert Store(tmp_path).table("captions").provenance == made  # a refused run records nothing
+    legacy = Store(tmp_path / "legacy")
+    legacy.table("captions").write(caption_rows(["a"]))
+    with pytest.raises(StoreError, match="has rows but no record"):
+        legacy.check_provenance("captions", made, record=True)
+
+
+def test_merge_refuses_tables_of_different_provenance(tmp_path):
+    sources = []
+    for index, weights in enumerate(("sha256:aaa", "sha256:bbb")):
+        store = Store(tmp_path / f"t{index}", writer=f"t{index}")
+        store.check_provenance("captions", {"weights": weights}, record=True)
+        store.table("captions").write(caption_rows([f"item{index}"]))
+        sources.append(store.root)
+    with pytest.raises(StoreError, match="made under other settings in .*t1 than in .*t0: weights"):
+        merge(sources, tmp_path / "all")
+    assert not (tmp_path / "all").exists()
+    merge(sources[:1], tmp_path / "all")
+    assert Store(tmp_path / "all").table("captions").provenance == {"weights": "sha256:aaa"}
 
 
 def test_temp_files_are_ignored_and_cleaned(tmp_path):
     store = Store(tmp_path, writer="task0")
     store.table("captions").write(caption_rows(["a"]))
     directory = tmp_path / "captions"
-    own = directory / f"{TEMP_PREFIX}task0-deadbeef.parquet"
-    fresh_other = directory / f"{TEMP_PREFIX}task1-cafe.parquet"
-    stale_other = directory / f"{TEMP_PREFIX}task2-f00d.parquet"
+    own = directory / f"{TEMP_PREFIX}task0-000001-deadbeef.parquet.tmp-123"
+    fresh_other = directory / f"{TEMP_PREFIX}task1-000001-cafe.parquet.tmp-456"
+    stale_other = directory / f"{TEMP_PREFIX}task2-000001-f00d.parquet.tmp-789"
     for path in (own, fresh_other, stale_other):
         path.write_bytes(b"PAR1 half a shard")
     os.utime(stale_other, (time.time() - 7200, time.time() - 7200))
@@ -262,4 +321,4 @@ def test_kill_minus_nine_at_any_point_then_resume(tmp_path):
     assert set(caption_keys) | set(rejected) == ALL_KEYS and not set(caption_keys) & set(rejected)
     assert all(int(item_id[4:]) % 7 == 3 for item_id, _ in rejected)
     assert captions["caption"].to_pylist() == [fake_caption(i, k) for i, k in caption_keys]
-    assert store.reject_counts("caption") == {"engine_error": len(rejected)}
+    assert store.reject_counts("caption") == {"unreadable_image": len(rejected)}

@@ -3,7 +3,9 @@
 Every case is ``{"response", "answer", "expected", "note"[, "choices"]}`` and goes through
 ``VerifierPool.verify_batch`` — the entry point the rollout score stage uses — in one batch, so a
 failing run lists every mismatch at once. The notes group the cases by the rule they pin (and by
-the known failure modes of OlympiadBench's judger and math-verify they guard against).
+the known failure modes of OlympiadBench's judger and math-verify they guard against); notes that
+start with "issue 20:" are the confirmed defects of the verifier issue (reward hacking by a part of
+the gold, hedging, choice letters, the Minerva ending, inequalities, spellings, prose, boxes).
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ def test_table_is_large_and_balanced():
     assert 0.25 * len(cases) < positives < 0.85 * len(cases)
     notes = " | ".join(sorted({case["note"] for case in cases}))
     for topic in ("thousands", "percent", "degrees", "units", "intervals", "tuples", "sets", "plus-minus",
-                  "multiple choice", "scientific", "unicode minus", "think", "plain-text equations"):  # fmt: skip
+                  "multiple choice", "scientific", "unicode minus", "think", "plain-text equations",
+                  "reward hacking", "hedging", "article is not a label", "final-answer sentence",
+                  "inequalities", "doubled backslashes", "pct", "ratios", "prose", "display blocks",
+                  "several boxes", "decimal comma"):  # fmt: skip
         assert topic in notes, topic
 
 
@@ -82,7 +87,7 @@ def test_reasons_for_answers_that_cannot_score(pool):
         ("\\boxed{4}", "4"),
     ]
     reasons = [result.reason for result in pool.verify_batch(items)]
-    assert reasons == ["unclosed_think", "no_answer", "empty_gold", "truncated", "exact"]
+    assert reasons == ["unfinished_think", "no_answer", "empty_gold", "truncated", "exact"]
 
 
 @pytest.mark.parametrize(
@@ -93,7 +98,7 @@ def test_reasons_for_answers_that_cannot_score(pool):
         ("\\boxed{\\{1,2\\}}", "\\{1,2\\}", "boxed"),
         ("<think>\\boxed{1}</think>\nFinal answer: 3.5. Done", "3.5", "phrase"),
         ("We get\n$x = 2$", "x = 2", "last_line"),
-        ("<think>\\boxed{1}", None, "unclosed_think"),
+        ("<think>\\boxed{1}", None, "unfinished_think"),
         ("x" * 200, None, "no_answer"),
     ],
 )

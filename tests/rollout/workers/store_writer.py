@@ -6,7 +6,7 @@ It wants captions for keys (``item000``, k) … with k < 2, skips keys already s
 ``captions`` or rejected by the ``caption`` stage), "computes" the rest with a small sleep
 each, appends every key it computes to LOG as ``id<TAB>k`` (flushed at once, before the
 batch is stored), and writes one rejects shard and one captions shard per batch. Items with
-index % 7 == 3 fail and become rejects, so resumption covers the rejects table too.
+index % 7 == 3 fail for good (``unreadable_image``, not retried) and become rejects, so resumption covers the rejects table too.
 
 ``--stall before-rename|mid-write --stall-at N`` hangs inside the N-th shard write of this run
 (after the temp file is complete but before its rename, or after half of it is written),
@@ -51,7 +51,7 @@ def install_stall(mode: str, at: int, log) -> None:
         real_replace = os.replace
 
         def replace(src, dst):
-            if str(src).endswith(".parquet"):
+            if str(dst).endswith(".parquet"):
                 calls["shard_writes"] += 1
                 if calls["shard_writes"] == at:
                     stall()
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             for item_id, k in todo[start:start + args.batch]:
                 time.sleep(args.sleep)
                 if is_unprocessable(item_id):
-                    rejects.append(reject_record(item_id, STAGE, "engine_error", "fake failure", k=k))
+                    rejects.append(reject_record(item_id, STAGE, "unreadable_image", "fake failure", k=k))
                 else:
                     rows.append({"id": item_id, "k": k, "caption": fake_caption(item_id, k)})
                 log.write(f"{item_id}\t{k}\n")

@@ -79,9 +79,8 @@ def main() -> None:
         local = shard_state_dict(full, tp_rank=pstate.tp_rank, tp=pstate.tp, pp_rank=pstate.pp_rank,
                                  pp=pstate.pp, num_layers=config.num_layers, gated_mlp=True)
         model.load_state_dict(local, strict=True)
-    ddp = engine.wrap_ddp(model, config)
-    optimizer = engine.build_optimizer([ddp], lr=3e-3, weight_decay=0.01, clip_grad=1.0)
-    engine.attach_schedule_hooks(config, [ddp], optimizer)
+    ddp, optimizer = engine.build_training(model, config, engine.OptimizerSettings(lr=3e-3, weight_decay=0.01,
+                                                                                  clip_grad=1.0, min_lr=3e-3))
 
     data = batches(args)
     dp_batch = args.global_batch // pstate.dp
@@ -104,10 +103,12 @@ def main() -> None:
         batch = data[step * args.global_batch:(step + 1) * args.global_batch]
         mine = batch[pstate.dp_rank * dp_batch:(pstate.dp_rank + 1) * dp_batch]
         iterator = iter(mine.split(args.micro_batch))
-        result = engine.train_step(forward_step, iterator, [ddp], optimizer, num_microbatches=num_micro,
-                                   seq_length=args.seq, micro_batch_size=args.micro_batch)
+        optimizer.zero_grad()
+        reports = engine.forward_backward(forward_step, iterator, [ddp], num_microbatches=num_micro,
+                                          seq_length=args.seq, micro_batch_size=args.micro_batch)
+        engine.optimizer_step(optimizer)
         if pstate.is_last_stage:
-            loss = torch.stack([d["loss"] for d in result.losses]).mean()
+            loss = torch.stack([d["loss"] for d in reports]).mean()
             torch.distributed.all_reduce(loss, group=mpu.get_data_parallel_group())
             step_losses.append(float(loss) / pstate.dp)
     if pstate.is_last_stage and pstate.tp_rank == 0 and pstate.dp_rank == 0:

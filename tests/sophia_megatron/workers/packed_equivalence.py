@@ -4,8 +4,10 @@ Single rank (TP=1). Loads a tiny converted InternVL and one pack of a packed dat
 checks and reports (JSON) three things with real Megatron code:
 1. per-sample losses of the pack (block-diagonal causal attention) equal each sample run
    alone, and the gradient of the packed weighted loss equals the sum of the samples';
-2. a sample of weight 0 contributes no gradient;
-3. gradients scale linearly with the weights.
+2. a sample of weight 0 contributes no gradient, and 3. gradients are linear in the weights --
+   both through the trainer's own path: the pack's ``sample_weights`` are set, the loader builds
+   the micro-batch, the trainer's forward step runs the model and its ``weighted_loss``, and the
+   gradient is that of numerator / denominator (what Megatron applies), for both normalisations.
 """
 
 from __future__ import annotations
@@ -34,6 +36,36 @@ def weighted_sum_grad(model, mb, weights, mask_fn, scale=1.0):
     token_weight = (mb.loss_weight != 0).float().reshape(-1) * weights[sample]
     (scale * (nll.reshape(-1) * token_weight).sum()).backward()
     return lm_grads(model).clone()
+
+
+def trainer_grad(model, pack, weights, normalization):
+    """The gradient the trainer applies for ``pack`` with these sample weights (one micro-batch)."""
+    from sophia_megatron.data import build_micro_batch
+    from sophia_megatron.train.trainer import packed_forward_step
+
+    mb = build_micro_batch({**pack, "sample_weights": [float(w) for w in weights]})
+    model.zero_grad(set_to_none=True)
+    output, loss_fn = packed_forward_step(iter([mb]), model, spec="local", device=torch.device("cpu"),
+                                          normalization=normalization)
+    numerator, denominator, _ = loss_fn(output)
+    (numerator / denominator).backward()
+    return lm_grads(model).clone()
+
+
+def weighting_report(model, pack, normalization):
+    n = len(pack["sample_ids"])
+    weights = torch.rand(n, generator=torch.Generator().manual_seed(0)) + 0.5
+    zero_first = weights.clone()
+    zero_first[0] = 0.0
+    first_only = torch.zeros(n)
+    first_only[0] = weights[0]
+    g_w = trainer_grad(model, pack, weights, normalization)
+    g_2w = trainer_grad(model, pack, 2 * weights, normalization)
+    g_zero = trainer_grad(model, pack, zero_first, normalization)
+    g_first = trainer_grad(model, pack, first_only, normalization)
+    return {"linearity_max_abs_diff": float((g_2w - 2 * g_w).abs().max()),
+            "zero_weight_max_abs_diff": float((g_w - g_first - g_zero).abs().max()),
+            "first_sample_grad_norm": float(g_first.norm()), "grad_scale": float(g_w.abs().max())}
 
 
 def split_sample(pack, index):
@@ -100,23 +132,12 @@ def main() -> None:
         grad = weighted_sum_grad(model, single, ones, block_causal_mask, scale)
         alone_grad = grad if alone_grad is None else alone_grad + grad
     packed_grad = weighted_sum_grad(model, packed, torch.ones(n), block_causal_mask, scale)
-    weights = torch.rand(n, generator=torch.Generator().manual_seed(0)) + 0.5
-    zero_first = weights.clone()
-    zero_first[0] = 0.0
-    g_w = weighted_sum_grad(model, packed, weights, block_causal_mask, scale)
-    g_2w = weighted_sum_grad(model, packed, 2 * weights, block_causal_mask, scale)
-    g_zero = weighted_sum_grad(model, packed, zero_first, block_causal_mask, scale)
-    first_only = torch.zeros(n)
-    first_only[0] = weights[0]
-    g_first = weighted_sum_grad(model, packed, first_only, block_causal_mask, scale)
     report = {
         "samples": n, "packed_losses": packed_losses, "alone_losses": alone_losses,
         "loss_max_abs_diff": max(abs(a - b) for a, b in zip(packed_losses, alone_losses)),
         "grad_max_abs_diff": float((packed_grad - alone_grad).abs().max()),
         "grad_scale": float(packed_grad.abs().max()),
-        "linearity_max_abs_diff": float((g_2w - 2 * g_w).abs().max()),
-        "zero_weight_max_abs_diff": float((g_w - g_first - g_zero).abs().max()),
-        "first_sample_grad_norm": float(g_first.norm()),
+        "weighting": {norm: weighting_report(model, pack, norm) for norm in ("token", "sample")},
     }
     with open(args.out, "w") as f:
         json.dump(report, f)

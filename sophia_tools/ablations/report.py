@@ -1,0 +1,192 @@
+"""The ablations' report: pass@1 per arm (mean ± std over seeds, per question type), the paper's
+orderings checked one by one, what each arm trained on, and the rollout's signals.
+
+Every number is read from the stages' recorded results (``done/*.json``, written from the
+evaluation's answers scored by ``sophia-rollout check``); nothing is estimated. An ordering
+"holds" when the mean of the better arm is higher; the report also gives the difference in units
+of its standard error over seeds, so a reader sees whether it stands out of the seeds' noise.
+Writes ``ablations.json``, ``ablations.txt`` and ``ablations.png`` into the workdir.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sophia_tools.ablations import ARMS, PAPER_ORDER, AblationSettings, arm_named
+from sophia_tools.demo.signals import format_signals
+
+if TYPE_CHECKING:
+    from sophia_tools.demo import Demo
+
+TYPES = ("all", "colour", "count")
+PAPER_TABLE5 = {"random": 51.53, "no_caption_reward": 53.54, "no_shortest": 54.74, "sophia": 55.13}
+PAPER_TABLE_A5 = {"sophia": 50.74, "keep2": 50.63}
+
+
+def rate(evaluation: dict[str, Any], kind: str) -> float:
+    """pass@1 of one evaluation, over all questions or one question type."""
+    if kind == "all":
+        return evaluation["correct"] / evaluation["questions"]
+    entry = evaluation["by_type"].get(kind, {"correct": 0, "questions": 0})
+    return entry["correct"] / entry["questions"] if entry["questions"] else float("nan")
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n - 1; 0 for one value) of per-seed values."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": round(mean, 4), "std": round(std, 4), "seeds": len(values), "values": [round(v, 4) for v in values]}
+
+
+def aggregate(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
+    return {kind: mean_std([rate(evaluation, kind) for evaluation in evaluations]) for kind in TYPES}
+
+
+def compare(worse: dict[str, Any], better: dict[str, Any]) -> dict[str, Any]:
+    """Does ``better`` beat ``worse`` (overall pass@1)? The difference and its standard error over seeds."""
+    difference = better["mean"] - worse["mean"]
+    error = math.sqrt(better["std"] ** 2 / better["seeds"] + worse["std"] ** 2 / worse["seeds"])
+    return {"holds": difference > 0, "difference": round(difference, 4), "standard_error": round(error, 4),
+            "z": round(difference / error, 2) if error > 0 else None}
+
+
+def orderings(arms: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's adjacent orderings (Random < w/o CR < w/o S < SOPHIA) and Keep-2 vs Keep-1."""
+    pairs = list(zip(PAPER_ORDER, PAPER_ORDER[1:], strict=False)) + [("keep2", "sophia")]
+    out = []
+    for worse, better in pairs:
+        if worse in arms and better in arms:
+            verdict = compare(arms[worse]["pass@1"]["all"], arms[better]["pass@1"]["all"])
+            out.append({"worse": worse, "better": better, **verdict,
+                        "claim": f"{arm_named(worse).label} < {arm_named(better).label}"})
+    return out
+
+
+def _verdict(entry: dict[str, Any]) -> str:
+    if not entry["holds"]:
+        return "does NOT hold"
+    if entry["z"] is None or entry["z"] >= 2:
+        return "holds"
+    return "holds, within the seeds' noise (< 2 standard errors)"
+
+
+def checks(arms: dict[str, dict[str, Any]], baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a full run must show, or the pipeline is broken: every arm selected and trained on
+    something, and the SOPHIA update lifts the policy above its own pass@1 before the update."""
+    out = [{"check": f"arm {name} selected trajectories in every seed", "ok": all(arm["selected"])}
+           for name, arm in arms.items()]
+    if "sophia" in arms and arms["sophia"]["pass@1"]:
+        after, before = arms["sophia"]["pass@1"]["all"]["mean"], baseline["all"]["mean"]
+        out.append({"check": f"SOPHIA pass@1 after the update ({after}) > before it ({before})", "ok": after > before})
+    return out
+
+
+def summarise_arms(results: dict[tuple[str, int], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    arms: dict[str, dict[str, Any]] = {}
+    for arm in ARMS:
+        runs = [result for (name, _), result in sorted(results.items()) if name == arm.name]
+        if not runs:
+            continue
+        trained = [run for run in runs if run["evaluation"] is not None]
+        arms[arm.name] = {
+            "label": arm.label, "ablation": arm.ablation, "keep_k": arm.keep_k,
+            "seeds": [run["seed"] for run in runs], "selected": [run["selection"]["selected"] for run in runs],
+            "pass@1": aggregate([run["evaluation"] for run in trained]) if trained else None,
+            "trained_on": [run["selection"]["composition"] for run in runs],
+            "answer_shapes": [run["evaluation"]["answer_shapes"] for run in trained],
+            "tokens_per_step": [run["training"]["tokens_per_step"] for run in trained],
+            "steps": sorted({run["training"]["steps"] for run in trained}),
+            "truncated_answers": [run["evaluation"]["truncated"] for run in trained]}
+    return arms
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    return f"{entry['mean']:.3f} ± {entry['std']:.3f}" if entry else "-"
+
+
+def _shares(parts: list[dict[str, Any]], key: str) -> str:
+    values = [part[key] for part in parts if part.get(key) is not None]
+    return f"{sum(values) / len(values):.2f}" if values else "-"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    settings, arms = report["settings"], report["arms"]
+    shared = settings["shared"]
+    lines = [f"SOPHIA selection ablations: {report['workdir']}",
+             f"one rollout store ({shared['images']} questions, K={shared['K']}, N={shared['N']}), "
+             f"{settings['steps']} steps x {settings['packs_per_step']} packs per arm from the same warmed-up policy; "
+             f"{report['eval_questions']} held-out questions, sampled at temperature {shared['eval_temperature']}, "
+             f"top-p {shared['eval_top_p']}; seeds {report['seeds']}", "",
+             f"{'arm':<20} {'pass@1 all':>15} {'colour':>15} {'count':>15} {'selected':>9} {'tok/step':>9}  "
+             "trained on: clean/detour/guess/wrong"]
+    base = report["baseline"]
+    lines.append(f"{'before the update':<20} {_cell(base['all']):>15} {_cell(base['colour']):>15} "
+                 f"{_cell(base['count']):>15}")
+    for arm in arms.values():
+        rates = arm["pass@1"] or {}
+        tokens = arm["tokens_per_step"]
+        mix = "/".join(_shares(arm["trained_on"], key) for key in ("clean", "detour", "guess", "wrong"))
+        lines.append(f"{arm['label']:<20} {_cell(rates.get('all')):>15} {_cell(rates.get('colour')):>15} "
+                     f"{_cell(rates.get('count')):>15} {sum(arm['selected']) / len(arm['selected']):>9.1f} "
+                     f"{(sum(tokens) / len(tokens)) if tokens else 0:>9.0f}  {mix}")
+    lines += ["", "the paper's orderings (Table 5: Random 51.53 < w/o CR 53.54 < w/o S 54.74 < SOPHIA 55.13; "
+              "Table A5: Keep-2 50.63 ~ Keep-1 50.74), here:"]
+    for entry in report["orderings"]:
+        z = f", {entry['z']} standard errors" if entry["z"] is not None else ""
+        lines.append(f"  {entry['claim']:<45} {_verdict(entry)} (difference {entry['difference']:+.3f}{z})")
+    lines += ["", "rollout signals (the shared store):", *format_signals(report["rollout"]["signals"]), "",
+              "checks:"] + [f"  [{'ok' if check['ok'] else 'FAILED'}] {check['check']}" for check in report["checks"]]
+    lines += ["", f"wall time {report['wall_seconds']:.0f} s this run; {report['stages_seconds']:.0f} s for all "
+              "stages when they ran", f"files: ablations.json, ablations.txt, ablations.png, arms/ARM/seedS/ in "
+              f"{report['workdir']}"]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Bars of mean pass@1 ± std per arm, for all questions and each type; the baseline dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [arm for arm in report["arms"].values() if arm["pass@1"]]
+    figure, axis = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(len(arms), 1)
+    for index, arm in enumerate(arms):
+        means = [arm["pass@1"][kind]["mean"] for kind in TYPES]
+        stds = [arm["pass@1"][kind]["std"] for kind in TYPES]
+        axis.bar([x + index * width for x in range(len(TYPES))], means, width, yerr=stds, capsize=3,
+                 label=arm["label"])
+    for x, kind in enumerate(TYPES):
+        axis.hlines(report["baseline"][kind]["mean"], x - width / 2, x + 0.8 - width / 2, colors="black",
+                    linestyles="dashed", label="before the update" if x == 0 else None)
+    axis.set_xticks([x + 0.4 - width / 2 for x in range(len(TYPES))], TYPES)
+    axis.set_ylabel(f"pass@1 (mean ± std over {len(report['seeds'])} seeds)")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=8, ncol=2)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(demo: Demo, settings: AblationSettings, rollout: dict[str, Any], baseline: dict[int, dict],
+                 results: dict[tuple[str, int], dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
+    from sophia_tools.demo import write_json
+
+    arms = summarise_arms(results)
+    base = aggregate(list(baseline.values()))
+    report = {"workdir": str(demo.workdir), "settings": settings.as_record(), "seeds": sorted(baseline),
+              "eval_questions": next(iter(baseline.values()))["questions"], "baseline": base, "arms": arms,
+              "orderings": orderings({name: arm for name, arm in arms.items() if arm["pass@1"]}),
+              "checks": checks(arms, base), "rollout": rollout, "wall_seconds": round(wall_seconds, 1),
+              "stages_seconds": round(sum(result["seconds"] for result in demo.results.values()), 1),
+              "stage_seconds": {name: result["seconds"] for name, result in demo.results.items()},
+              "paper": {"table5": PAPER_TABLE5, "table_a5": PAPER_TABLE_A5}}
+    report["table"] = format_table(report)
+    plot(report, demo.path("ablations.png"))
+    write_json(demo.path("ablations.json"), report)
+    demo.path("ablations.txt").write_text(report["table"] + "\n", encoding="utf-8")
+    return report

@@ -1,0 +1,118 @@
+"""Scoring: rule extraction + the project's verifier, and the LLM extractor / judge over HTTP.
+
+The LLM path talks through the real ``rollout.openai_client`` to a local HTTP server that stands in
+for the served Qwen2.5-72B-Instruct (a stand-in: no such model runs here). It answers the
+extraction prompt by copying the response's ``\\boxed{}`` and the judge prompt by comparing the
+reference and student lines, so the verdicts are known; it also records the prompts it got.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from evaluation.config import EvalConfig, LLMScorerConfig
+from evaluation.formats import Question
+from evaluation.scoring import Item, Scorer, fill
+from rollout.verifier import extract_answer
+
+
+def question(answers=("3",), choices=None, judged=False, text="What is 1+2?") -> Question:
+    return Question(benchmark="b", id="q", text=text, question=text, answers=tuple(answers), choices=choices,
+                    category="all", images=(), judged=judged, location="test")
+
+
+class _StandInJudge(BaseHTTPRequestHandler):
+    prompts: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "stand-in-judge"}]})
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = request["messages"][0]["content"]
+        type(self).prompts.append(prompt)
+        real = prompt.split("Now the real one.")[-1]
+        if "FAIL-THIS" in real:
+            self._send(400, {"error": {"message": "refused"}})
+            return
+        if "Extracted answer" in prompt:
+            boxed = re.search(r"\\boxed\{([^}]*)\}", real)
+            text = f"Extracted answer: {boxed.group(1) if boxed else 'None'}"
+        else:
+            reference = re.search(r"Reference answer: (.*)", real).group(1).split(" or ")
+            student = re.search(r"Student's answer: (.*)", real).group(1).strip()
+            text = f"The student wrote {student}.\nJudgement: {int(student in reference)}"
+        self._send(200, {"choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}],
+                         "usage": {"completion_tokens": 5}})
+
+
+@pytest.fixture
+def judge_url():
+    _StandInJudge.prompts = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandInJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_rules_scoring():
+    """Correct by value, by option text, by any accepted gold; truncated and unanswered score 0 with reasons."""
+    items = [Item(question(), "So \\boxed{3}.", False),
+             Item(question(("B",), ("red", "green")), "The answer is green.", False),
+             Item(question(("1", "one")), "\\boxed{one}", False),
+             Item(question(), "\\boxed{3}", True),
+             Item(question(), "<think>still thinking", False),
+             Item(question(), "\\boxed{4}", False)]
+    with Scorer(EvalConfig()) as scorer:
+        verdicts = scorer.score(items)
+    assert [v.correct for v in verdicts] == [True, True, True, False, False, False]
+    # no answer: the verifier's own reason for it (its wording is the verifier's)
+    assert [v.reason for v in verdicts[3:]] == ["truncated", extract_answer(items[4].response).how, "mismatch"]
+    assert {v.method for v in verdicts} == {"rules-extract+rules"}
+
+
+def test_llm_extract_and_judge(judge_url):
+    """Judged benchmarks go to the judge; others are verified by rules on the LLM-extracted answer."""
+    config = EvalConfig(extract="llm", judge="llm", llm=LLMScorerConfig(base_url=judge_url))
+    items = [Item(question(judged=True), "I get \\boxed{3}", False),            # judge says 1
+             Item(question(judged=True), "I get \\boxed{5}", False),            # judge says 0
+             Item(question(("0.5",)), "so \\boxed{1/2}", False),                 # rules: 1/2 = 0.5
+             Item(question(), "no boxed answer here", False),                   # extractor: None
+             Item(question(text="FAIL-THIS"), "\\boxed{3}", False)]             # server refuses: retry later
+    with Scorer(config) as scorer:
+        verdicts = scorer.score(items)
+        assert scorer.fingerprint(items[0].question) != scorer.fingerprint(items[2].question)
+    assert [v and (v.correct, v.reason, v.method) for v in verdicts] == [
+        (True, "judge", "llm-extract+llm-judge"), (False, "judge", "llm-extract+llm-judge"),
+        (True, "numeric", "llm-extract+rules"), (False, "no_answer", "llm-extract+rules"), None]
+    assert verdicts[2].extracted == "1/2"
+    extraction = next(p for p in _StandInJudge.prompts if "I get \\boxed{3}" in p)
+    assert extraction.rstrip().endswith("Question: What is 1+2?\nResponse: I get \\boxed{3}")
+    assert any("Reference answer: 3\nStudent's answer: 5" in p for p in _StandInJudge.prompts)
+
+
+def test_llm_scoring_needs_a_server():
+    with pytest.raises(ValueError, match="need llm.base_url"):
+        EvalConfig(judge="llm")
+
+
+def test_fill_keeps_braces_of_values():
+    assert fill("Q: {question} R: {response}", {"question": "{response}", "response": "\\frac{1}{2}"}) == \
+        "Q: {response} R: \\frac{1}{2}"

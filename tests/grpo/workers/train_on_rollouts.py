@@ -1,0 +1,42 @@
+"""Worker: the GRPO update (``PolicyTrainer.train_on``) on stored rollouts, at any TP/PP; prints JSON per step.
+
+    torchrun --nproc-per-node N train_on_rollouts.py MCORE_DIR ROLLOUT_DIR TP PP OUT.json
+
+Every step's kept samples come from ``ROLLOUT_DIR/step_*.jsonl`` (written by the GRPO loop), so every
+layout trains on the very same rollouts; rank 0 writes the per-step metrics to OUT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from sophia_common.config import build
+from sophia_megatron.parallel import destroy_parallel
+from sophia_megatron.train.config import TrainRecipe
+from sophia_megatron.train.policy import PolicySample, PolicySettings, PolicyTrainer
+
+
+def main() -> None:
+    mcore, rollouts, tp, pp, out = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    recipe = build(TrainRecipe, {"model": {"mcore_dir": mcore}, "data": {"path": str(rollouts)},
+                                 "parallel": {"tp": tp, "pp": pp},
+                                 "train": {"mode": "grpo", "lr": 1e-3, "steps": 10, "max_seq_len": 4096},
+                                 "checkpoint": {"resume": False}})
+    trainer = PolicyTrainer(recipe, PolicySettings(max_tokens=12, micro_batch_tokens=700))
+    history = []
+    for path in sorted(rollouts.glob("step_*.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        samples = [PolicySample(**r["sample"]) for r in records if r.get("sample")]
+        if samples:
+            history.append(trainer.train_on(samples))
+    if dist.get_rank() == 0:
+        Path(out).write_text(json.dumps(history))
+    destroy_parallel()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""``make ablations``: each arm selects what its setting says from one shared store, the report's
+statistics and verdicts are right, and (slow) the smoke run goes end to end and reuses its arms.
+
+The selection test runs the real ``sophia-rollout select`` of each arm on a hand-built store whose
+every trajectory is known: a right caption (reward 3/4) with two clean correct trajectories (the
+shorter one and one a token longer), a recovered detour and an unrecovered one; a vague caption
+(reward 1/4) with one lucky short guess. So each arm has exactly one right answer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sophia_tools.ablations import ARMS, SMOKE_ABLATIONS, arm_named
+from sophia_tools.ablations.__main__ import select_arm
+from sophia_tools.ablations.report import aggregate, checks, compare, mean_std, orderings
+from sophia_tools.demo import Demo
+from sophia_tools.demo.task import describe, draw, random_scene, trajectory
+from tests.multirank import REPO, subprocess_env
+
+QUESTIONS = 6
+# (k, n) -> (text, correct, tokens); caption 0 states the count right, caption 1 leaves it out
+TRAJECTORIES = {
+    (0, 0): (trajectory("count", "red", 2), True, 20),
+    (0, 1): (trajectory("count", "red", 2, detour="3", recovered=True), True, 34),
+    (0, 2): (trajectory("count", "red", 2, detour="3", recovered=False), False, 34),
+    (0, 3): (trajectory("count", "red", 2), True, 21),
+    (1, 0): (trajectory("count", "red", None, guess="2"), True, 12),
+    (1, 1): (trajectory("count", "red", None, guess="1"), False, 12),
+    (1, 2): (trajectory("count", "red", None, guess="3"), False, 12),
+    (1, 3): (trajectory("count", "red", None, guess="1"), False, 12),
+}
+
+
+def build_store(workdir):
+    """A demo-shaped workdir (task inputs + shared store) whose trajectories are all known."""
+    import random
+
+    from rollout.stages import as_arrow
+    from rollout.store import Store
+
+    task = workdir / "task"
+    (task / "images").mkdir(parents=True)
+    rows = []
+    for index in range(QUESTIONS):
+        draw(random_scene(random.Random(index))).save(task / "images" / f"{index}.png")
+        rows.append({"id": f"q{index}", "image": f"images/{index}.png", "question": "How many circles?",
+                     "answer": "2", "source": "test", "difficulty": "hard"})
+    (task / "rollout_inputs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    store = Store(workdir / "store")
+    captions = [{"id": row["id"], "k": k, "text": text, "num_tokens": 12, "finish_reason": "stop"}
+                for row in rows for k, text in ((0, describe("red", 2)), (1, describe("red", None)))]
+    reward = {k: sum(c for (kk, _), (_, c, _) in TRAJECTORIES.items() if kk == k) / 4 for k in (0, 1)}
+    trajectories, scores = [], []
+    for row in rows:
+        for (k, n), (text, correct, tokens) in TRAJECTORIES.items():
+            trajectories.append({"id": row["id"], "k": k, "n": n, "text": text, "num_tokens": tokens,
+                                 "finish_reason": "stop", "route": "easy"})
+            scores.append({"id": row["id"], "k": k, "n": n, "correct": correct, "extracted": None, "reason": "test",
+                           "truncated": False, "caption_reward": reward[k], "num_tokens": tokens})
+    for name, table in (("captions", captions), ("trajectories", trajectories), ("scores", scores)):
+        store.table(name).write(as_arrow(table, name))
+    return reward
+
+
+def test_each_arm_selects_what_its_setting_says(tmp_path):
+    reward = build_store(tmp_path)
+    assert reward == {0: 0.75, 1: 0.25}
+    demo = Demo(tmp_path, SMOKE_ABLATIONS.shared, echo=lambda _: None, label="test")
+    demo.current = "select"
+    picked = {}
+    for arm in ARMS:
+        work = tmp_path / "arms" / arm.name
+        result = select_arm(demo, arm, seed=0, work=work)
+        rows = [json.loads(line) for line in (work / "selected.jsonl").read_text().splitlines()]
+        assert result["selected"] == len(rows) == QUESTIONS * arm.keep_k
+        picked[arm.name] = [{(row["k"], row["n"]) for row in rows if row["id"] == f"q{i}"} for i in range(QUESTIONS)]
+    assert all(choice == {(0, 0)} for choice in picked["sophia"])  # shortest of the good caption
+    assert all(choice == {(0, 0), (0, 3)} for choice in picked["keep2"])
+    assert all(choice == {(1, 0)} for choice in picked["no_caption_reward"])  # the lucky guess is shortest
+    eligible = {(0, 0), (0, 1), (0, 3)}
+    assert all(choice <= eligible for choice in picked["no_shortest"])
+    assert any(choice != {(0, 0)} for choice in picked["no_shortest"])  # random, not the shortest
+    assert any(choice - eligible for choice in picked["random"])  # rewards ignored
+    assert not (tmp_path / "store" / "selected").exists()  # the shared store is never selected into
+    composition = select_arm(demo, arm_named("no_caption_reward"), seed=0, work=tmp_path / "again")["composition"]
+    assert composition["guess"] == 1.0 and composition["wrong"] == 0.0
+
+
+def evaluation(colour: tuple[int, int], count: tuple[int, int]) -> dict:
+    return {"correct": colour[0] + count[0], "questions": colour[1] + count[1],
+            "by_type": {"colour": {"correct": colour[0], "questions": colour[1]},
+                        "count": {"correct": count[0], "questions": count[1]}}}
+
+
+def test_statistics_and_verdicts():
+    stats = mean_std([0.5, 0.6, 0.7])
+    assert stats["mean"] == 0.6 and stats["std"] == pytest.approx(0.1)  # sample std (n - 1), not population
+    assert mean_std([0.4])["std"] == 0.0
+    pooled = aggregate([evaluation((8, 10), (2, 10)), evaluation((6, 10), (4, 10))])
+    assert pooled["all"]["values"] == [0.5, 0.5] and pooled["colour"]["mean"] == 0.7 and pooled["count"]["mean"] == 0.3
+    better, worse = mean_std([0.6, 0.62, 0.64]), mean_std([0.4, 0.42, 0.44])
+    assert compare(worse, better)["holds"] and compare(worse, better)["z"] > 2
+    assert not compare(better, worse)["holds"]
+    arms = {name: {"pass@1": {"all": mean_std(values)}} for name, values in
+            {"random": [0.1, 0.2], "no_caption_reward": [0.5, 0.5], "no_shortest": [0.4, 0.4],
+             "sophia": [0.6, 0.7], "keep2": [0.6, 0.6]}.items()}
+    verdicts = {(entry["worse"], entry["better"]): entry["holds"] for entry in orderings(arms)}
+    assert verdicts == {("random", "no_caption_reward"): True, ("no_caption_reward", "no_shortest"): False,
+                        ("no_shortest", "sophia"): True, ("keep2", "sophia"): True}
+
+
+def test_checks_fail_on_empty_selection_or_no_lift():
+    base = {"all": mean_std([0.1, 0.1])}
+    good = {"sophia": {"selected": [5, 5], "pass@1": {"all": mean_std([0.5, 0.6])}}}
+    assert all(check["ok"] for check in checks(good, base))
+    empty = {"sophia": {"selected": [5, 0], "pass@1": {"all": mean_std([0.5])}}}
+    assert not all(check["ok"] for check in checks(empty, base))
+    flat = {"sophia": {"selected": [5, 5], "pass@1": {"all": mean_std([0.1, 0.1])}}}
+    assert not all(check["ok"] for check in checks(flat, base))
+
+
+def run_smoke(workdir) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.ablations", "--smoke", "--workdir", str(workdir)],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_ablations_smoke_end_to_end_then_reused(tmp_path):
+    """Smoke test (tiny sizes, one seed, 2 steps per arm): the pipeline, not the method's effect."""
+    workdir = tmp_path / "ablations"
+    proc = run_smoke(workdir)
+    report = json.loads((workdir / "ablations.json").read_text())
+    assert report["table"] in proc.stdout
+    assert (workdir / "ablations.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(report["arms"]) == [arm.name for arm in ARMS]
+    assert report["eval_questions"] == SMOKE_ABLATIONS.shared.eval_images
+    assert report["arms"]["random"]["selected"][0] > 0  # random selects whatever the rewards
+    for name, arm in report["arms"].items():
+        work = workdir / "arms" / name / "seed0"
+        assert (work / "selected.jsonl").is_file()
+        if arm["pass@1"]:  # trained: packed dataset, metrics and evaluation kept in the arm's directory
+            assert (work / "packed" / "manifest.json").is_file()
+            steps = (work / "train" / "metrics.jsonl").read_text().splitlines()
+            assert len(steps) == SMOKE_ABLATIONS.steps == arm["steps"][0]
+            answers = (work / "eval" / "answers.jsonl").read_text().splitlines()
+            assert len(answers) == report["eval_questions"]
+    started = (workdir / "done" / "arm_random_seed0.json").stat().st_mtime
+    again = run_smoke(workdir)
+    assert "reused" in again.stdout and (workdir / "done" / "arm_random_seed0.json").stat().st_mtime == started
