@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make test   create .venv if needed, install, run the whole suite
 #   make demo   create .venv if needed, install, run the SOPHIA loop on the tiny default
+#   make ablations   the paper's selection ablations on the demo's task (.ablations/ablations.txt)
 # CPU hosts get the local CPU build of torch first, so nothing can pull a CUDA torch.
 
 PYTHON  ?= python3
@@ -9,7 +10,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml requirements/cpu-constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast demo ablations lint clean
 
 install: $(STAMP)
 
@@ -34,6 +35,9 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m sophia_tools.demo $(DEMO_ARGS)
+
+ablations: $(STAMP)
+	$(PY) -m sophia_tools.ablations $(ABLATIONS_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

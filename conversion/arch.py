@@ -49,6 +49,7 @@ class LanguageArch:
     qkv_bias: bool
     max_position_embeddings: int
     rope_scaling: dict[str, Any] | None = None
+    qk_norm: bool = False  # per-head q/k RMSNorm (the family row says; Qwen3)
 
     @property
     def head_dim(self) -> int:
@@ -120,7 +121,7 @@ def language_arch(text: dict[str, Any]) -> LanguageArch:
         norm_eps=float(text.get("rms_norm_eps", family.default_norm_eps)),
         qkv_bias=family.qkv_bias if family.qkv_bias is not None else bool(text.get("attention_bias", False)),
         max_position_embeddings=int(text.get("max_position_embeddings", 32768)),
-        rope_scaling=_rope_scaling(text),
+        rope_scaling=_rope_scaling(text), qk_norm=family.qk_norm,
     )
 
 

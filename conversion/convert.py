@@ -90,13 +90,14 @@ class Layout:
 
 
 def check_layout(arch: InternVLArch, layout: Layout) -> None:
+    """The one TP/PP-vs-architecture check (conversion, the model builder and --dry-run): every problem."""
     lm = arch.language
     problems = []
     if layout.tp < 1 or layout.pp < 1:
-        problems.append(f"TP and PP must be >= 1 (got TP={layout.tp}, PP={layout.pp})")
-    elif lm.num_heads % layout.tp:
+        raise UserError(f"TP and PP must be >= 1 (got TP={layout.tp}, PP={layout.pp})")
+    if lm.num_heads % layout.tp:
         problems.append(f"TP={layout.tp} does not divide the {lm.num_heads} attention heads")
-    elif lm.num_query_groups % layout.tp:
+    if lm.num_query_groups % layout.tp:
         problems.append(f"TP={layout.tp} does not divide the {lm.num_query_groups} query groups "
                         "(Megatron needs num_query_groups % TP == 0)")
     if layout.pp > 1:

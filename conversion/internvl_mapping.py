@@ -150,6 +150,9 @@ def table(arch: InternVLArch, *, padded_vocab: int, spec: str = "local") -> list
         rows.append(Row("vision.tower.layers.*.norm2.bias", (f"{VL}layernorm_after.bias",), same))
     if lm.qkv_bias:
         rows.append(Row(f"{ML}self_attention.linear_qkv.bias", tuple(f"{L}self_attn.{x}_proj.bias" for x in "qkv"), qkv))
+    if lm.qk_norm:  # per-head RMSNorm of q and k (families with qk_norm, e.g. Qwen3)
+        rows.append(Row(f"{ML}self_attention.q_layernorm.weight", (f"{L}self_attn.q_norm.weight",), same))
+        rows.append(Row(f"{ML}self_attention.k_layernorm.weight", (f"{L}self_attn.k_norm.weight",), same))
     return rows
 
 
@@ -186,6 +189,7 @@ def expected_hf_shapes(arch: InternVLArch) -> dict[str, tuple[int, ...]]:
         "embed_tokens.weight": (lm.vocab_size, h), "lm_head.weight": (lm.vocab_size, h),
         "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
         "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
+        "self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,),
         "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (lm.ffn_hidden_size, h),
         "mlp.up_proj.weight": (lm.ffn_hidden_size, h), "mlp.down_proj.weight": (h, lm.ffn_hidden_size),
     }

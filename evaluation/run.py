@@ -90,7 +90,8 @@ def evaluate(config: EvalConfig, model: str | Path, benchmarks: Sequence[Benchma
     policy = dataclasses.replace(config.policy, model=str(model))
     if not policy.model:
         raise UserError("no model: give --model HF_DIR (or eval.policy.model)")
-    if not Path(policy.model).is_dir() and not (policy.engine == "vllm" and _HUB_ID.match(policy.model)):
+    local = policy.engine == "transformers" or (policy.engine == "vllm" and not _HUB_ID.match(policy.model))
+    if local and not Path(policy.model).is_dir():
         raise UserError(f"--model {policy.model}: not a checkpoint directory")
     system = _system_prompt(config, recipe_dir)
     settings = {"model": model_fingerprint(policy.model), "temperature": policy.temperature, "top_p": policy.top_p,

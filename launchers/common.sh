@@ -275,7 +275,7 @@ sophia_on_time_limit() {
 sophia_serve_settings() {
   local key values=() recipe_keys=()
   local names=(model tp pp max_model_len dtype max_num_seqs gpu_memory_utilization trust_remote_code
-    enforce_eager seed)
+    enforce_eager seed max_tiles)
   if [[ -n ${ROLE:-} ]]; then
     for key in "${names[@]}"; do recipe_keys+=("rollout.$ROLE.$key"); done
     mapfile -t values < <(sophia_recipe_get "${recipe_keys[@]}")
@@ -290,6 +290,7 @@ sophia_serve_settings() {
   SERVE_REMOTE_CODE=${values[7]:-False}
   SERVE_EAGER=${values[8]:-False}
   SERVE_SEED=${values[9]:-0}
+  SERVE_MAX_TILES=${values[10]:-}  # set for the captioner only: its server takes images
   [[ -n $MODEL ]] || sophia_die "no model to serve: set MODEL, or CONFIG and ROLE (rollout.<ROLE>.model)"
   [[ $TP =~ ^[1-9][0-9]*$ && $PP =~ ^[1-9][0-9]*$ ]] || sophia_die "TP and PP must be positive (got '$TP', '$PP')"
   local job=${SLURM_JOB_ID:-0}
@@ -317,6 +318,12 @@ sophia_serve_command() {
   [[ ${SERVE_REMOTE_CODE,,} == true ]] && cmd+=(--trust-remote-code)
   [[ ${SERVE_EAGER,,} == true ]] && cmd+=(--enforce-eager)
   ((${#SOPHIA_SERVE_HOSTS[@]} > 1)) && cmd+=(--distributed-executor-backend ray)
+  if [[ -n $SERVE_MAX_TILES ]]; then
+    # One image per prompt and the recipe's tiling (vLLM refuses per-request processor options).
+    mapfile -t -O "${#cmd[@]}" cmd < <(sophia_python -c 'import sys
+from rollout.openai_engine import server_mm_args
+print("\n".join(server_mm_args(sys.argv[1], int(sys.argv[2]))))' "$MODEL" "$SERVE_MAX_TILES")
+  fi
   local extra
   read -r -a extra <<<"${VLLM_ARGS:-}"
   printf '%s\n' "${cmd[@]}" "${extra[@]}"

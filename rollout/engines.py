@@ -102,7 +102,7 @@ def make_engine(config: EngineConfig, role: str, *, vision: bool, max_tiles: int
     if config.engine == "openai":
         from rollout.openai_engine import OpenAIEngine
 
-        return OpenAIEngine(config, role, vision=vision, max_tiles=max_tiles)
+        return OpenAIEngine(config, role, vision=vision)
     raise UserError(f"rollout.{role}.engine: unknown engine {config.engine!r}; use vllm, transformers or openai")
 
 

@@ -10,8 +10,8 @@ on a cluster (a DeepSeek-R1 spans two nodes; teams run servers already). A serve
 replaceable: every request carries its own seed, connection errors, timeouts, 429 and 5xx are
 retried with exponential backoff, and a server that stays unreachable raises one ``ServerUnreachable``
 (a ``UserError`` naming the URL) instead of turning every pending request into a reject. A request
-the server refuses (4xx) becomes a ``RequestFailure`` at once (``prompt_too_long`` when it names the
-context length). ``on_result(index, result)`` is called in the caller's thread as each request
+the server refuses (4xx) becomes a ``RequestFailure`` at once: ``prompt_too_long`` when it names the
+context length, else ``engine_error`` (the server's configuration, retried by the next run). ``on_result(index, result)`` is called in the caller's thread as each request
 finishes, so callers can store results as they arrive.
 
 No third-party HTTP library is needed (``http.client`` + ``concurrent.futures``), so the client
@@ -33,9 +33,8 @@ from urllib.parse import urlsplit
 
 from sophia_common.cli import UserError
 
-ENGINE_ERROR = "engine_error"  # transient: the server failed or timed out on this request (retry next run)
-PROMPT_TOO_LONG = "prompt_too_long"
-BAD_REQUEST = "bad_request"
+ENGINE_ERROR = "engine_error"  # transient: the server failed, timed out or refused (retried by the next run)
+PROMPT_TOO_LONG = "prompt_too_long"  # the one refusal that is the request's own fault, for good
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _CONTEXT_WORDS = ("maximum context length", "context length", "max_model_len", "too long")
 
@@ -48,7 +47,7 @@ class Choice(NamedTuple):
 
 @dataclass(frozen=True)
 class RequestFailure:
-    """A request that got no answer; ``reason`` is engine_error (transient), prompt_too_long or bad_request."""
+    """A request that got no answer; ``reason`` is engine_error (transient) or prompt_too_long."""
 
     reason: str
     detail: str
@@ -89,7 +88,7 @@ class OpenAIClient:
 
     def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
                  timeout_s: float = 600.0, connect_timeout_s: float = 10.0, retries: int = 3,
-                 backoff_s: float = 1.0, concurrency: int = 16):
+                 backoff_s: float = 1.0, concurrency: int = 16, token_ids: bool = True):
         if concurrency < 1 or retries < 0 or timeout_s <= 0:
             raise ValueError(f"need concurrency >= 1, retries >= 0, timeout_s > 0; got {concurrency}, "
                              f"{retries}, {timeout_s}")
@@ -101,6 +100,7 @@ class OpenAIClient:
         self.api_key, self.model = api_key, model
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.retries, self.backoff_s, self.concurrency = retries, backoff_s, concurrency
+        self.token_ids = token_ids  # ask for vLLM's per-choice token ids (exact counts); off for strict servers
         self.max_model_len: int | None = None
         self._local = threading.local()
         self._stop = threading.Event()
@@ -166,7 +166,9 @@ class OpenAIClient:
                 last = _RetryableError(detail, connection=False)
                 continue
             lowered = detail.lower()
-            reason = PROMPT_TOO_LONG if any(word in lowered for word in _CONTEXT_WORDS) else BAD_REQUEST
+            # Any other refusal is taken as the server's configuration (a missing option, a wrong model
+            # name): transient, so the rerun after fixing the server retries it.
+            reason = PROMPT_TOO_LONG if any(word in lowered for word in _CONTEXT_WORDS) else ENGINE_ERROR
             return RequestFailure(reason, detail)
         assert last is not None or self._stop.is_set()
         if last is None or last.connection:
@@ -243,8 +245,9 @@ class OpenAIClient:
         if len(seeds) != len(bodies) or len(limits) != len(bodies):
             raise ValueError(f"{len(bodies)} prompts but {len(seeds)} seeds and {len(limits)} max_tokens")
         for body, seed, limit in zip(bodies, seeds, limits, strict=True):
-            body.update(model=self.model, n=n, max_tokens=limit, temperature=temperature, top_p=top_p,
-                        return_token_ids=True, **extra)
+            body.update(model=self.model, n=n, max_tokens=limit, temperature=temperature, top_p=top_p, **extra)
+            if self.token_ids:
+                body["return_token_ids"] = True
             if seed is not None:
                 body["seed"] = seed
         results: list[Result | None] = [None] * len(bodies)

@@ -11,8 +11,10 @@ in-process engines (``rollout.engine_api``):
   ``prompt_too_long`` failure and ``max_tokens`` is cut to what fits (the in-process rule);
 * image requests (the caption stage) and text requests without a local ``model``: the messages go
   to ``/v1/chat/completions`` and the server applies its chat template; an image travels as a PNG
-  data URL before the first user turn's text (InternVL's layout), and, when ``model`` is a local
-  InternVL, vLLM's ``mm_processor_kwargs`` cap the dynamic tiling at the stage's ``max_tiles``.
+  data URL before the first user turn's text (InternVL's layout). The tiling is the server's
+  setting (vLLM refuses per-request processor options by default): ``launchers/serve.sh`` starts a
+  captioner's server with ``--mm-processor-kwargs`` from ``rollout.captioner.max_tiles``
+  (``server_mm_args``).
 
 Every request samples with its own seed ``hash(seed, key)``; per-completion token counts come from
 the server (vLLM's ``return_token_ids``) or, failing that, from the local tokenizer. A server that
@@ -24,6 +26,7 @@ and a rerun after the server is back resumes from the store. A request that keep
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -47,6 +50,14 @@ from sophia_common.cli import UserError
 from sophia_common.log import get_logger
 
 log = get_logger("rollout.openai_engine")
+
+
+def server_mm_args(model: str, max_tiles: int) -> list[str]:
+    """vLLM server options for image requests to ``model``: one image per prompt, tiling capped at
+    ``max_tiles`` (what the in-process engine sets per ``LLM``)."""
+    args = ["--limit-mm-per-prompt", json.dumps({"image": 1})]
+    tiling = internvl_tiling_kwargs(model, max_tiles)
+    return args + (["--mm-processor-kwargs", json.dumps(tiling)] if tiling else [])
 
 
 def resolve_base_url(config: EngineConfig, role: str) -> str:
@@ -76,9 +87,8 @@ class OpenAIEngine(Engine):
 
     name = "openai"
 
-    def __init__(self, config: EngineConfig, role: str, *, vision: bool, max_tiles: int = 12):
+    def __init__(self, config: EngineConfig, role: str, *, vision: bool):
         self.config, self.role, self.vision = config, role, vision
-        self.tiling = internvl_tiling_kwargs(config.model, max_tiles) if vision and config.model else {}
         base_url = resolve_base_url(config, role)
         self.client = OpenAIClient(base_url, api_key=api_key(config, role), model=config.served_model or None,
                                    timeout_s=config.request_timeout_s, retries=config.retries,
@@ -138,10 +148,9 @@ class OpenAIEngine(Engine):
             if not entries:
                 continue
             send = self.client.complete if kind == "completions" else self.client.chat
-            extra = {"mm_processor_kwargs": self.tiling} if kind == "chat" and self.tiling else {}
             answers = send([prompt for _, prompt, _, _ in entries], n=params.n,
                            max_tokens=[limit for _, _, limit, _ in entries], temperature=params.temperature,
-                           top_p=params.top_p, seeds=[seed for _, _, _, seed in entries], **extra)
+                           top_p=params.top_p, seeds=[seed for _, _, _, seed in entries])
             for (index, _, _, _), answer in zip(entries, answers, strict=True):
                 results[index] = self._converted(answer)
         return results  # type: ignore[return-value]

@@ -12,7 +12,9 @@ inputs, and reports
 * ``verifier_reasons`` — why trajectories scored 0 or 1 (mismatch, truncated, no_answer, ...);
 * ``rejects`` — rejected items per stage and reason, as they stand: a transient failure since
   retried successfully, and a reject of an input row that has changed since, are not counted;
-* ``lengths`` — token-count summaries of captions, trajectories and selected trajectories.
+* ``lengths`` — token-count summaries of captions, trajectories and selected trajectories;
+* ``provenance`` — per table, what made its rows (models and weights fingerprints, prompts,
+  sampling, K, N, selection settings; ``rollout.provenance``).
 
 ``write_stats(config, out_dir)`` writes ``stats.json`` and ``lengths.png`` (matplotlib, Agg
 backend: no display needed) and returns the report.
@@ -28,7 +30,17 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rollout.stages import CAPTION, CAPTIONS, DECISIONS, REASON, SCORES, SELECTED, TRAJECTORIES, read_rows
+from rollout.stages import (
+    CAPTION,
+    CAPTIONS,
+    DECISIONS,
+    KEY_COLUMNS_OF,
+    REASON,
+    SCORES,
+    SELECTED,
+    TRAJECTORIES,
+    read_rows,
+)
 from rollout.store import TRANSIENT_REASONS, Store
 from sophia_common.atomic import atomic_path, write_text_atomic
 
@@ -121,6 +133,8 @@ def rollout_stats(config: RolloutConfig) -> tuple[dict[str, Any], dict[str, list
         "rejects": _rejects(store, inputs.content_hashes()),
         "lengths": {name: length_summary(values) for name, values in lengths.items()},
         "selection": {"alpha": config.alpha, "keep_k": config.keep_k, "ablation": config.ablation},
+        "provenance": {name: store.table(name, KEY_COLUMNS_OF[name]).provenance
+                       for name in (CAPTIONS, TRAJECTORIES, SCORES, SELECTED, DECISIONS)},
     }
     return report, lengths
 

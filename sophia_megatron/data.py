@@ -100,6 +100,8 @@ class PackedDataset:
 
     def block_size(self) -> int:
         """Packs per row group (the writer's; the first shard's first row group tells)."""
+        if not self.manifest.shards or not self.manifest.packs:
+            raise ContractError(f"{self.directory}: the dataset holds no packs")
         _, starts = self._file(self.manifest.shards[0])
         return max(1, starts[1] if len(starts) > 1 else 1)
 

@@ -188,6 +188,8 @@ def resolve_split(recipe: Any, arch: InternVLArch, dp: int = 1, device_gib: floa
                   recipe_path: str | None = None) -> tuple[int | None, int | None]:
     """The (first, last) stage layer counts to plan: the recipe's, or the proposal for ``auto``."""
     par = recipe.parallel
+    if par.pp == 1:
+        return None, None
     if par.first_stage_layers != "auto":
         return par.first_stage_layers, par.last_stage_layers
     return propose_split(recipe, arch, par.tp, par.pp, dp, _tiles(recipe, arch, recipe_path), device_gib)
@@ -200,7 +202,7 @@ def training_split(recipe: Any) -> tuple[int | None, int | None]:
     hf-to-mcore --first-stage-layers F --last-stage-layers L``) and the saved checkpoints agree.
     """
     par = recipe.parallel
-    if par.first_stage_layers == "auto":
+    if par.first_stage_layers == "auto" and par.pp > 1:
         raise ConfigError("parallel.first_stage_layers=auto is a planning mode: run `sophia-train --config "
                           "RECIPE --dry-run`, then set parallel.first_stage_layers / last_stage_layers to its "
                           "proposed_split (and convert with the same --first-stage-layers / --last-stage-layers)")

@@ -49,10 +49,11 @@ def quiet_known_warnings() -> None:
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    body = __doc__.split("\n", 2)[2].replace("``", "")
     parser = argparse.ArgumentParser(
-        prog="sophia-train", description=__doc__.splitlines()[0],
-        epilog="Recipe keys are overridden as key=value after the options (train.steps=5 parallel.pp=2; "
-               "lists as key=[a,b]).", formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="sophia-train", description="The SOPHIA off-policy update and the warm-up SFT on Megatron-Core.",
+        epilog=body + "\nRecipe keys are overridden as key=value after the options (train.steps=5 parallel.pp=2; "
+                      "lists as key=[a,b]).", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="recipe YAML (configs/*.yaml)")
     parser.add_argument("--nproc-per-node", type=int, default=None,
                         help="ranks to start on this machine when not run under torchrun/srun (default: the "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -36,14 +37,19 @@ TRAJECTORIES = {
 }
 
 
-def build_store(workdir):
-    """A demo-shaped workdir (task inputs + shared store) whose trajectories are all known."""
+def build_store(demo: Demo) -> dict[int, float]:
+    """A demo-shaped workdir (task inputs + shared store) whose trajectories are all known; the tables
+    are written through the rollout's own run object, so they carry the provenance records its stages
+    write (the same recipe and overrides as the arms' ``select``)."""
     import random
 
+    from rollout.config import load_config
+    from rollout.pipeline import open_run
+    from rollout.sharding import Shard
     from rollout.stages import as_arrow
-    from rollout.store import Store
+    from sophia_tools.ablations.__main__ import RECIPE, rollout_overrides
 
-    task = workdir / "task"
+    task = demo.path("task")
     (task / "images").mkdir(parents=True)
     rows = []
     for index in range(QUESTIONS):
@@ -51,7 +57,6 @@ def build_store(workdir):
         rows.append({"id": f"q{index}", "image": f"images/{index}.png", "question": "How many circles?",
                      "answer": "2", "source": "test", "difficulty": "hard"})
     (task / "rollout_inputs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    store = Store(workdir / "store")
     captions = [{"id": row["id"], "k": k, "text": text, "num_tokens": 12, "finish_reason": "stop"}
                 for row in rows for k, text in ((0, describe("red", 2)), (1, describe("red", None)))]
     reward = {k: sum(c for (kk, _), (_, c, _) in TRAJECTORIES.items() if kk == k) / 4 for k in (0, 1)}
@@ -62,15 +67,17 @@ def build_store(workdir):
                                  "finish_reason": "stop", "route": "easy"})
             scores.append({"id": row["id"], "k": k, "n": n, "correct": correct, "extracted": None, "reason": "test",
                            "truncated": False, "caption_reward": reward[k], "num_tokens": tokens})
+    overrides = [*rollout_overrides(demo), "rollout.captioner.K=2", "rollout.N=4"]
+    run = open_run(load_config(RECIPE, overrides), RECIPE, Shard.parse("0/1"))
     for name, table in (("captions", captions), ("trajectories", trajectories), ("scores", scores)):
-        store.table(name).write(as_arrow(table, name))
+        run.checked_table(name, write=True).write(as_arrow(table, name))
     return reward
 
 
+@pytest.mark.slow  # ten short subprocesses (copy + select per arm): ~15 s alone, more on a busy machine
 def test_each_arm_selects_what_its_setting_says(tmp_path):
-    reward = build_store(tmp_path)
-    assert reward == {0: 0.75, 1: 0.25}
-    demo = Demo(tmp_path, SMOKE_ABLATIONS.shared, echo=lambda _: None, label="test")
+    demo = Demo(tmp_path, replace(SMOKE_ABLATIONS.shared, K=2, N=4), echo=lambda _: None, label="test")
+    assert build_store(demo) == {0: 0.75, 1: 0.25}
     demo.current = "select"
     picked = {}
     for arm in ARMS:
@@ -78,7 +85,8 @@ def test_each_arm_selects_what_its_setting_says(tmp_path):
         result = select_arm(demo, arm, seed=0, work=work)
         rows = [json.loads(line) for line in (work / "selected.jsonl").read_text().splitlines()]
         assert result["selected"] == len(rows) == QUESTIONS * arm.keep_k
-        picked[arm.name] = [{(row["k"], row["n"]) for row in rows if row["id"] == f"q{i}"} for i in range(QUESTIONS)]
+        picked[arm.name] = [{(row["k"], row["n"]) for row in rows if row.get("question_id", row["id"]) == f"q{i}"}
+                            for i in range(QUESTIONS)]
     assert all(choice == {(0, 0)} for choice in picked["sophia"])  # shortest of the good caption
     assert all(choice == {(0, 0), (0, 3)} for choice in picked["keep2"])
     assert all(choice == {(1, 0)} for choice in picked["no_caption_reward"])  # the lucky guess is shortest
@@ -149,8 +157,9 @@ def test_ablations_smoke_end_to_end_then_reused(tmp_path):
             assert (work / "packed" / "manifest.json").is_file()
             steps = (work / "train" / "metrics.jsonl").read_text().splitlines()
             assert len(steps) == SMOKE_ABLATIONS.steps == arm["steps"][0]
-            answers = (work / "eval" / "answers.jsonl").read_text().splitlines()
-            assert len(answers) == report["eval_questions"]
+            records = (work / "eval" / "circles" / "records.jsonl").read_text().splitlines()
+            assert len(records) == report["eval_questions"]
+            assert arm["pass@1"]["all"]["values"][0] == sum(json.loads(r)["correct"] for r in records) / len(records)
     started = (workdir / "done" / "arm_random_seed0.json").stat().st_mtime
     again = run_smoke(workdir)
     assert "reused" in again.stdout and (workdir / "done" / "arm_random_seed0.json").stat().st_mtime == started

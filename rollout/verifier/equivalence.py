@@ -243,6 +243,7 @@ class _Comparer:
             return False  # only an exact match (checked first) decides answers this long
         if pred.kind == "bracket" or gold.kind == "bracket":
             return self._brackets(pred, gold)
+        pred, gold = _intervals_as_union(pred), _intervals_as_union(gold)
         if (pred.kind == "union") != (gold.kind == "union"):
             return self._structure()
         return self._unordered(pred.items, gold.items)
@@ -322,6 +323,12 @@ class _Comparer:
 
 def _is_words(text: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z][A-Za-z '\-]*", text) and re.search(r"[A-Za-z]{3,}", text))
+
+
+def _intervals_as_union(group: Group) -> Group:
+    """``x < -2 or x > 3`` (a list of intervals) is the union ``(-\\infty,-2) \\cup (3,\\infty)``."""
+    intervals = all(isinstance(item, Group) and item.kind == "bracket" and len(item.items) == 2 for item in group.items)
+    return Group("union", group.items) if group.kind == "list" and len(group.items) > 1 and intervals else group
 
 
 def _words(text: str) -> str:

@@ -41,6 +41,7 @@ _ANSWER_PHRASE = re.compile(
 _INLINE_MATH = re.compile(r"\$+([^$]+)\$+|\\\((.+?)\\\)")
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
 _SPAN_JOINERS = re.compile(r"(?:\s|,|;|\band\b|\bor\b|\\quad|\\text\{\s*(?:and|or)\s*\})*")
+_APPROXIMATELY = re.compile(r"\W*(?:which\s+is\s+|or\s+)?(?:about|approximately|roughly|around|\\approx|\u2248)")
 _FINAL_PHRASE = re.compile(r"final\s+answer", re.IGNORECASE)
 _LEADING_FILLER = re.compile(r"^(?:so|thus|therefore|hence|finally|answer)\s*[,:]?\s*", re.IGNORECASE)
 
@@ -184,6 +185,9 @@ def _math_in_prose(text: str) -> str | None:
     spans = list(_INLINE_MATH.finditer(text))
     if not spans or not re.search(r"[A-Za-z]{3,}", _INLINE_MATH.sub(" ", text)):
         return None
+    after = text[spans[-1].end() :]
+    if re.search(r"\d", after) and not _APPROXIMATELY.match(after):
+        return None  # "… $x' \geq 2x$, so it increases by 100%": the answer is after the math
     return _clean(next(group for group in spans[-1].groups() if group is not None)) or None
 
 

@@ -27,7 +27,8 @@ Rules decided here (documented so that tests can pin them):
   as are common multi-letter plain-text units (``cm``, ``kg``, ``meters``…); single-letter plain
   units are kept (``5m`` may be algebra).
 
-Plain numbers (integers, decimals, ``1.2e3``, ``1.2\\times10^{3}``, ``\\frac{a}{b}``, ``a/b``, ``\\infty``)
+Plain numbers (integers, decimals, ``1.2e3``, ``1.2\\times10^{3}``, ``\\frac{a}{b}``, ``a/b``, ``\\infty``,
+the words ``zero`` … ``twenty``)
 parse here without SymPy so the parent can decide most cases in microseconds.
 """
 
@@ -77,6 +78,9 @@ _DOUBLED_BACKSLASH = re.compile(
     r"infty|in|cup|cap|pm|mp|circ|degree|sin|cos|tan|cot|sec|csc|log|ln|exp|alpha|beta|gamma|theta|"
     r"lambda|mu|sigma|omega|angle|triangle|dots|ldots|cdots|quad|qquad|approx|begin|end)(?![A-Za-z]))"
 )
+_NUMBER_WORDS = {word: value for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
 _FLIPPED_OPS = {"<": ">", ">": "<", "\\leq": "\\geq", "\\geq": "\\leq", "\\le": "\\ge", "\\ge": "\\le"}
 _CLOCK = re.compile(r"\d{1,2}:\d{2}")
 _VAR = r"(?:[A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)"
@@ -324,7 +328,7 @@ def _parse_item(text: str, depth: int) -> Scalar | Group:
         node = parse_answer(rhs, depth + 1)
         if isinstance(node, Scalar) and "=" in text:
             lhs = split_top_level(text, ("=",))[0]
-            named = _SIMPLE_LHS.fullmatch(_strip_text_commands(lhs)) is not None
+            named = _named_quantity(lhs)
             return replace(node, equation=text, lhs=_collapse_spaces(lhs) if named else None)
         return node
     if "\\pm" in text or "\\mp" in text:
@@ -345,11 +349,22 @@ def _drop_left_hand_side(text: str) -> str:
     if len(parts) < 2 or any(not part for part in parts):
         return text
     last = parts[-1]
-    if _SIMPLE_LHS.fullmatch(_strip_text_commands(parts[0])):
+    if _named_quantity(parts[0]):
         return last
     if parse_plain_number(make_scalar(last).text) is not None and not _has_variable(parts[0]):
         return last  # "2+3=5": a computation ending in its value; "3x+4y+14=0" stays whole
     return text
+
+
+def _named_quantity(lhs: str) -> bool:
+    """A left-hand side that names what the answer is: ``x``, ``f(x)``, ``(x, y)``, ``|AB|``,
+    ``\\frac{NO}{BO}``, ``S_{ABC}`` — symbols only, no sum or number (``x+y``, ``x^2+y^2`` and ``2x``
+    make an equation, which stays whole)."""
+    text = _strip_text_commands(lhs).strip()
+    if _SIMPLE_LHS.fullmatch(text):
+        return True
+    bare = re.sub(r"_\{[^{}]*\}|_\w|\\[A-Za-z]+", "", text)
+    return bool(re.search(r"[A-Za-z]", bare)) and not re.search(r"[\d+\-=<>,;]", bare)
 
 
 def _has_variable(text: str) -> bool:
@@ -385,6 +400,8 @@ def parse_plain_number(text: str) -> Number | None:
         return None
     if text in ("\\infty", "-\\infty", "+\\infty", "inf", "-inf", "infinity", "-infinity"):
         return Number(float("-inf") if text.startswith("-") else float("inf"), inexact=False)
+    if text.lower() in _NUMBER_WORDS:
+        return Number(Fraction(_NUMBER_WORDS[text.lower()]), inexact=False)
     if _PLAIN_NUMBER.fullmatch(text):
         inexact = "." in text or "e" in text.lower()
         return Number(Fraction(text), inexact=inexact)

@@ -49,7 +49,7 @@ OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 # Keys whose change makes a saved state unusable (optimizer shards are laid out per TP/PP, parameter
 # names depend on the spec, dtypes on params_dtype) or changes which packs a step reads.
 IDENTITY_KEYS = ("mcore_dir", "mcore_meta_sha256", "data", "data_manifest_sha256", "tp", "pp", "spec",
-                 "params_dtype", "data_seed", "packs_per_step")
+                 "params_dtype", "data_seed", "packs_per_step", "pipeline_split")
 
 
 def latest_step(save_dir: str | Path | None) -> int | None:
@@ -66,14 +66,14 @@ def _sha256(path: Path) -> str:
 
 
 def run_identity(*, mcore_dir: str, data: str, tp: int, pp: int, spec: str, params_dtype: str, data_seed: int,
-                 packs_per_step: int) -> dict[str, Any]:
+                 packs_per_step: int, pipeline_split: list[int | None] | None = None) -> dict[str, Any]:
     """What a resumed run must find unchanged (see ``IDENTITY_KEYS``)."""
     from sophia_common.contract import MANIFEST_NAME
 
     return {"mcore_dir": str(Path(mcore_dir).resolve()), "mcore_meta_sha256": _sha256(Path(mcore_dir) / META_NAME),
             "data": str(Path(data).resolve()), "data_manifest_sha256": _sha256(Path(data) / MANIFEST_NAME),
             "tp": tp, "pp": pp, "spec": spec, "params_dtype": params_dtype, "data_seed": data_seed,
-            "packs_per_step": packs_per_step}
+            "packs_per_step": packs_per_step, "pipeline_split": pipeline_split or [None, None]}
 
 
 def check_same_run(save_dir: str | Path, identity: dict[str, Any]) -> None:

@@ -33,10 +33,11 @@ class ParallelSection:
     world_size: int | None = doc("GPUs the job runs on (for --dry-run; at run time the launcher decides)", None)
     first_stage_layers: int | Literal["auto"] | None = doc(
         "language layers on the first pipeline stage, which also runs the frozen vision tower (null: an even "
-        "split; 'auto': the split sophia-train --dry-run proposes, also filling last_stage_layers)", None)
+        "split; 'auto': the split sophia-train --dry-run proposes, also filling last_stage_layers; "
+        "ignored when pp is 1)", None)
     last_stage_layers: int | None = doc(
         "language layers on the last pipeline stage, which also holds the output layer and loss (null: an "
-        "even share); the middle stages share the remaining layers evenly", None)
+        "even share); the middle stages share the remaining layers evenly; ignored when pp is 1", None)
 
 
 @dataclass
@@ -110,9 +111,6 @@ class TrainRecipe:
         problems = []
         if self.parallel.tp < 1 or self.parallel.pp < 1:
             problems.append("parallel.tp and parallel.pp must be >= 1")
-        if (self.parallel.first_stage_layers, self.parallel.last_stage_layers) != (None, None) \
-                and self.parallel.pp == 1:
-            problems.append("parallel.first_stage_layers / last_stage_layers need parallel.pp > 1")
         if self.parallel.first_stage_layers == "auto" and self.parallel.last_stage_layers is not None:
             problems.append("parallel.first_stage_layers=auto chooses last_stage_layers too; set it to null")
         if self.parallel.sequence_parallel and self.parallel.tp == 1:

@@ -105,16 +105,17 @@ def token_logprobs(logits: Any, labels: Any) -> Any:
 
 
 def grpo_loss(logits: Any, *, labels: Any, loss_mask: Any, gen_logprobs: Any, advantages: Any,
-              denominator: float, clip_eps: float, temperature: float, ref_logprobs: Any = None,
+              denominator: int, clip_eps: float, ref_logprobs: Any = None,
               kl_coef: float = 0.0) -> tuple[Any, Any, dict[str, Any]]:
     """(loss sum, denominator, report) of one micro-batch from the last stage's logits ``[b, s, v/TP]``.
+
+    ``logits`` are already divided by the sampling temperature and have the padded vocabulary masked.
 
     ``report["grpo"]`` holds the sums of ``STAT_KEYS`` over the micro-batch's loss tokens and
     ``report["lm loss"]`` the (loss sum, denominator) pair the trainer reduces.
     """
     import torch
 
-    logits = logits.float() / temperature
     entropy = vocab_parallel_entropy(logits)
     logprob = token_logprobs(logits, labels)
     mask = loss_mask.to(logprob.device).float()
@@ -125,7 +126,7 @@ def grpo_loss(logits: Any, *, labels: Any, loss_mask: Any, gen_logprobs: Any, ad
     mismatch = (logprob.detach() - gen_logprobs.to(logprob.device)).abs()
     sums = [mask.sum(), (mismatch * mask).sum(), (entropy * mask).sum(), (stats["clipped"] * mask).sum(),
             (stats["kl"] * mask).sum(), (stats["ratio"] * mask).sum()]
-    den = torch.tensor(denominator, dtype=torch.float32, device=logprob.device)
-    report = {"lm loss": torch.stack([numerator.detach().clone(), den]),
+    den = torch.tensor(int(denominator), dtype=torch.int, device=logprob.device)
+    report = {"lm loss": torch.stack([numerator.detach().clone(), den.float()]),
               "grpo": torch.stack([s.detach().float() for s in sums])}
     return numerator, den, report

@@ -75,6 +75,7 @@ class PolicyBatch:
     pixel_values: Any
     sequences: int
     real_tokens: int
+    ref_logprobs: Any = None    # log π_ref of the labels (last stage), when the KL term is on
 
 
 def build_policy_batch(samples: list[PolicySample], *, pad_to: int = 1, load_pixels: bool = True) -> PolicyBatch:
@@ -140,15 +141,43 @@ class PolicyTrainer(Trainer):
         self.packs_per_step = 0
         pad_to = 16 if self.recipe.fp8.recipe != "none" else 1
         self.pad_to = math.lcm(pad_to, self.pstate.tp) if self.config.sequence_parallel else pad_to
+        self.reference = None
+        if self.settings.kl_coef > 0:  # the frozen start policy, for the KL term
+            r = self.recipe
+            self.reference = engine.build_model(self.arch, self.config, self.pstate, spec=r.model.spec,
+                                                vision_dtype=r.model.vision_dtype, mcore_dir=r.model.mcore_dir)
+            self.reference.requires_grad_(False)
+
+    def _reference_forward_step(self, data_iterator: Any, model: Any) -> Any:
+        mb: PolicyBatch = next(data_iterator)
+        output = self._forward(model, mb)
+        return output, functools.partial(self._store_reference, mb=mb)
+
+    def _store_reference(self, output: Any, mb: PolicyBatch) -> Any:
+        from sophia_megatron.train.grpo_loss import token_logprobs
+
+        with torch.no_grad():
+            logits = self.reference.mask_padded_vocab(output.float() / self.settings.temperature)
+            mb.ref_logprobs = token_logprobs(logits, mb.labels.to(self.device)).detach()
+        zero = torch.zeros((), device=self.device)
+        return zero, torch.ones((), dtype=torch.int, device=self.device), {}
+
+    def _reference_logprobs(self, batches: list[PolicyBatch]) -> None:
+        """log π_ref of every micro-batch's labels, by a forward-only pass of the frozen reference."""
+        engine.forward_backward(self._reference_forward_step, iter(batches), [self.reference],
+                                num_microbatches=len(batches), seq_length=max(mb.tokens.shape[1] for mb in batches),
+                                micro_batch_size=1, forward_only=True)
+
+    def _forward(self, model: Any, mb: PolicyBatch) -> Any:
+        te, dev = self.recipe.model.spec == "te", self.device
+        return model(mb.tokens.to(dev), mb.position_ids.to(dev),
+                     None if te else block_causal_mask(mb.cu_seqlens, mb.tokens.shape[1]).to(dev),
+                     labels=None, pixel_values=None if mb.pixel_values is None else mb.pixel_values.to(dev),
+                     packed_seq_params=packed_seq_params(mb.cu_seqlens) if te else None)
 
     def _policy_forward_step(self, data_iterator: Any, model: Any) -> Any:
         mb: PolicyBatch = next(data_iterator)
-        te, dev = self.recipe.model.spec == "te", self.device
-        output = model(mb.tokens.to(dev), mb.position_ids.to(dev),
-                       None if te else block_causal_mask(mb.cu_seqlens, mb.tokens.shape[1]).to(dev),
-                       labels=None, pixel_values=None if mb.pixel_values is None else mb.pixel_values.to(dev),
-                       packed_seq_params=packed_seq_params(mb.cu_seqlens) if te else None)
-        return output, functools.partial(self._loss, mb=mb)
+        return self._forward(model, mb), functools.partial(self._loss, mb=mb)
 
     def _loss(self, output: Any, mb: PolicyBatch) -> Any:
         st = self.settings
@@ -157,7 +186,7 @@ class PolicyTrainer(Trainer):
                        else int(mb.loss_mask.sum()))
         return grpo_loss(logits, labels=mb.labels.to(self.device), loss_mask=mb.loss_mask,
                          gen_logprobs=mb.gen_logprobs, advantages=mb.advantages, denominator=denominator,
-                         clip_eps=st.clip_eps, kl_coef=st.kl_coef)
+                         clip_eps=st.clip_eps, ref_logprobs=mb.ref_logprobs, kl_coef=st.kl_coef)
 
     def micro_batches(self, samples: list[PolicySample]) -> list[PolicyBatch]:
         mine = samples[self.pstate.dp_rank::self.pstate.dp]
@@ -179,6 +208,8 @@ class PolicyTrainer(Trainer):
             raise ValueError(f"{len(samples)} samples cannot feed {self.pstate.dp} data-parallel ranks")
         started = time.perf_counter()
         batches = self.micro_batches(samples)
+        if self.reference is not None:
+            self._reference_logprobs(batches)
         self.optimizer.zero_grad()
         reports = engine.forward_backward(self._policy_forward_step, iter(batches), [self.ddp],
                                           num_microbatches=len(batches),

@@ -151,7 +151,9 @@ class Trainer:
         r = self.recipe
         return checkpointing.run_identity(mcore_dir=r.model.mcore_dir, data=r.data.path, tp=self.pstate.tp,
                                           pp=self.pstate.pp, spec=r.model.spec, params_dtype=r.model.params_dtype,
-                                          data_seed=r.data.seed, packs_per_step=self.packs_per_step)
+                                          data_seed=r.data.seed, packs_per_step=self.packs_per_step,
+                                          pipeline_split=[self.config.num_layers_in_first_pipeline_stage,
+                                                          self.config.num_layers_in_last_pipeline_stage])
 
     def _maybe_resume(self) -> None:
         ck = self.recipe.checkpoint

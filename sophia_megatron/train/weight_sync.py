@@ -1,7 +1,8 @@
 """Weight sync Megatron -> generator: the policy's weights as transformers-native tensors, streamed.
 
 ``hf_weight_stream(model, arch, pstate, spec)`` walks the converter's mapping table
-(``conversion.internvl_mapping``) row by row: the stage owning a row's parameter gathers it over
+(``conversion.internvl_mapping``) row by row: the stage owning a row's parameter (found from the
+layers each stage really holds, so uneven pipeline splits work) gathers it over
 its TP group (``conversion.megatron_layout`` rules), sends the full tensor to global rank 0
 when it lives on a later pipeline stage, and rank 0 inverts the row's transform into the
 transformers-native ``(name, tensor)`` pairs, which it yields one row at a time, so at most one
@@ -25,26 +26,33 @@ import torch.distributed as dist
 
 from conversion.arch import InternVLArch, padded_vocab_size
 from conversion.internvl_mapping import expand, table
-from conversion.megatron_layout import on_stage, rename_layer, stage_layers, stored_once, tp_mapping
+from conversion.megatron_layout import layer_index, rename_layer, stored_once, tp_mapping
 
 
-def _owner_stage(name: str, num_layers: int, pp: int) -> int:
-    return next(r for r in range(pp) if on_stage(name, stage_layers(num_layers, pp, r), r, pp))
+def _global_layers(model: Any) -> list[int]:
+    """Global (0-based) indices of this stage's decoder layers, in local order (any pipeline split)."""
+    return [layer.layer_number - 1 for layer in model.language_model.decoder.layers]
 
 
-def _local_name(name: str, num_layers: int, pp: int, stage: int) -> str:
-    from conversion.megatron_layout import layer_index
-
-    index = layer_index(name)
-    return name if index is None else rename_layer(name, index - stage_layers(num_layers, pp, stage).start)
-
-
-def _senders(pstate: Any) -> dict[int, int]:
-    """Global rank of (stage, TP rank 0, DP rank 0) for every pipeline stage."""
-    mine = (pstate.pp_rank, pstate.tp_rank, pstate.dp_rank)
+def _layout(model: Any, pstate: Any) -> tuple[dict[int, int], dict[int, list[int]]]:
+    """(stage -> global rank of its TP-0/DP-0 rank, stage -> its global layer indices), from every rank."""
+    mine = (pstate.pp_rank, pstate.tp_rank, pstate.dp_rank, _global_layers(model))
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
-    return {stage: rank for rank, (stage, tp_rank, dp_rank) in enumerate(everyone) if tp_rank == 0 and dp_rank == 0}
+    senders = {stage: rank for rank, (stage, tp_rank, dp_rank, _) in enumerate(everyone) if tp_rank == dp_rank == 0}
+    layers = {stage: held for stage, _, _, held in everyone}
+    return senders, layers
+
+
+def _owner(name: str, layers: dict[int, list[int]], pp: int) -> tuple[int, str]:
+    """(stage holding the global parameter ``name``, its local name there)."""
+    index = layer_index(name)
+    if index is not None:
+        stage = next(s for s, held in layers.items() if index in held)
+        return stage, rename_layer(name, layers[stage].index(index))
+    if "output_layer." in name or "final_layernorm." in name:
+        return pp - 1, name
+    return 0, name  # embeddings and the vision path live on the first stage
 
 
 def _gather_tp(tensor: torch.Tensor, name: str, tp: int) -> torch.Tensor:
@@ -82,13 +90,13 @@ def hf_weight_stream(model: Any, arch: InternVLArch, pstate: Any, *, spec: str =
     lm = arch.language
     rows = expand(table(arch, padded_vocab=padded_vocab_size(lm.vocab_size, pstate.tp), spec=spec), arch)
     rows = [r for r in rows if include_vision or r.megatron.startswith("language_model.")]
-    senders = _senders(pstate)
+    senders, layers = _layout(model, pstate)
     state = model.state_dict()
     for row in rows:
-        stage = _owner_stage(row.megatron, lm.num_layers, pstate.pp)
+        stage, local_name = _owner(row.megatron, layers, pstate.pp)
         full = None
         if pstate.pp_rank == stage and pstate.dp_rank == 0:
-            local = state[_local_name(row.megatron, lm.num_layers, pstate.pp, stage)].detach()
+            local = state[local_name].detach()
             full = _gather_tp(local, row.megatron, pstate.tp).float()
         full = _to_rank0(full, senders[stage], torch.device(pstate.device))
         if full is not None:

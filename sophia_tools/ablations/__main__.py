@@ -18,10 +18,8 @@ from typing import Any
 from sophia_tools.ablations import ARMS, FULL_ABLATIONS, SMOKE_ABLATIONS, AblationSettings, Arm, arm_named
 from sophia_tools.demo import RECIPE, Demo, DemoError, json_lines, override, read_json, write_json
 from sophia_tools.demo.__main__ import (
-    evaluate_options,
+    heldout_command,
     metrics,
-    pass_rates,
-    prompt_file,
     rollout_overrides,
     stage_convert_policy,
     stage_fixtures,
@@ -59,28 +57,15 @@ def stage_rollout(demo: Demo) -> dict[str, Any]:
 
 
 def evaluate(demo: Demo, model: Path, out: Path, seed: int) -> dict[str, Any]:
-    """The policy in ``model`` answers the held-out questions (sampled, ``seed``); the verifier scores."""
+    """The policy in ``model`` answers the held-out questions (``sophia-eval``'s protocol from the recipe's
+    ``eval:`` section, sampled with ``seed``, batched: :mod:`sophia_tools.demo.heldout`)."""
+    from sophia_tools.demo.heldout import BENCHMARK
     from sophia_tools.demo.signals import composition
-    from sophia_tools.demo.task import KIND_OF_DIFFICULTY
 
-    answers = out / "answers.jsonl"
-    demo.run("answer", [demo.python, "-m", "sophia_tools.demo.evaluate", "--model", str(model),
-                        "--inputs", str(demo.path("task", "eval_inputs.jsonl")),
-                        "--system", str(prompt_file("slow_thinking_system")), "--out", str(answers),
-                        *evaluate_options(demo.settings, seed=seed)])
-    verdicts = json_lines(demo.run("check", [*rollout_cli(demo), "check", "--in", str(answers)]))
-    rows = json_lines(answers.read_text(encoding="utf-8"))
-    result = pass_rates(rows, verdicts)
-    result["by_type"] = {}
-    for row, verdict in zip(rows, verdicts, strict=True):
-        entry = result["by_type"].setdefault(KIND_OF_DIFFICULTY.get(row["difficulty"], "other"),
-                                             {"correct": 0, "questions": 0})
-        entry["correct"] += bool(verdict["correct"])
-        entry["questions"] += 1
-    result["answer_shapes"] = composition([{**row, "correct": verdict["correct"]}
-                                           for row, verdict in zip(rows, verdicts, strict=True)])
-    result["truncated"] = sum(bool(row.get("truncated")) for row in rows)
-    write_json(out / "result.json", result)
+    result = json_lines(demo.run("evaluate", heldout_command(demo, model, out, seed)))[-1]
+    records = json_lines((out / BENCHMARK / "records.jsonl").read_text(encoding="utf-8"))
+    result["answer_shapes"] = composition([{"text": r["response"] or "", "correct": bool(r["correct"]),
+                                            "num_tokens": r["tokens"]} for r in records])
     return result
 
 
@@ -99,7 +84,7 @@ def select_arm(demo: Demo, arm: Arm, seed: int, work: Path) -> dict[str, Any]:
                             "--dest", str(work / "store")])
     overrides = [*rollout_overrides(demo), override("rollout.store_dir", work / "store"),
                  override("rollout.selected_out", work / "selected.jsonl"), *arm.overrides(seed)]
-    (report,) = json_lines(demo.run("select", [*rollout_cli(demo), "select", "--config", str(RECIPE), *overrides]))
+    report = json_lines(demo.run("select", [*rollout_cli(demo), "select", "--config", str(RECIPE), *overrides]))[-1]
     selected = read_table(work / "store" / "selected", ["id", "k", "n", "response", "num_tokens"])
     scores = {(s["id"], s["k"], s["n"]): s["correct"]
               for s in read_table(demo.path("store", "scores"), ["id", "k", "n", "correct"])}
@@ -199,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[ablations] FAILED: {exc}", file=sys.stderr)
         return 1
     print(report["table"])
+    failed = [check["check"] for check in report["checks"] if not check["ok"]]
+    if failed and not args.smoke:  # at smoke sizes the models are barely warmed up: the pipeline only
+        print(f"\n[ablations] FAILED checks: {'; '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

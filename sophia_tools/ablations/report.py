@@ -2,7 +2,7 @@
 orderings checked one by one, what each arm trained on, and the rollout's signals.
 
 Every number is read from the stages' recorded results (``done/*.json``, written from the
-evaluation's answers scored by ``sophia-rollout check``); nothing is estimated. An ordering
+evaluation's records (``sophia-eval``'s, scored by the verifier)); nothing is estimated. An ordering
 "holds" when the mean of the better arm is higher; the report also gives the difference in units
 of its standard error over seeds, so a reader sees whether it stands out of the seeds' noise.
 Writes ``ablations.json``, ``ablations.txt`` and ``ablations.png`` into the workdir.
@@ -107,7 +107,7 @@ def _cell(entry: dict[str, Any] | None) -> str:
 
 
 def _shares(parts: list[dict[str, Any]], key: str) -> str:
-    values = [part[key] for part in parts if part.get(key) is not None]
+    values = [part[key] for part in parts if part.get(key) is not None and part.get("samples")]
     return f"{sum(values) / len(values):.2f}" if values else "-"
 
 
@@ -138,8 +138,10 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  {entry['claim']:<45} {_verdict(entry)} (difference {entry['difference']:+.3f}{z})")
     lines += ["", "rollout signals (the shared store):", *format_signals(report["rollout"]["signals"]), "",
               "checks:"] + [f"  [{'ok' if check['ok'] else 'FAILED'}] {check['check']}" for check in report["checks"]]
+    cpu = report["stages_cpu_seconds"]
     lines += ["", f"wall time {report['wall_seconds']:.0f} s this run; {report['stages_seconds']:.0f} s for all "
-              "stages when they ran", f"files: ablations.json, ablations.txt, ablations.png, arms/ARM/seedS/ in "
+              f"stages when they ran, using {cpu:.0f} CPU s (on 2 cores alone: {cpu / 2:.0f}-{cpu:.0f} s)",
+              f"files: ablations.json, ablations.txt, ablations.png, arms/ARM/seedS/ in "
               f"{report['workdir']}"]
     return "\n".join(lines)
 
@@ -183,7 +185,9 @@ def write_report(demo: Demo, settings: AblationSettings, rollout: dict[str, Any]
               "orderings": orderings({name: arm for name, arm in arms.items() if arm["pass@1"]}),
               "checks": checks(arms, base), "rollout": rollout, "wall_seconds": round(wall_seconds, 1),
               "stages_seconds": round(sum(result["seconds"] for result in demo.results.values()), 1),
-              "stage_seconds": {name: result["seconds"] for name, result in demo.results.items()},
+              "stages_cpu_seconds": round(sum(result.get("cpu_seconds") or 0 for result in demo.results.values()), 1),
+              "stage_seconds": {name: {"wall": result["seconds"], "cpu": result.get("cpu_seconds")}
+                                for name, result in demo.results.items()},
               "paper": {"table5": PAPER_TABLE5, "table_a5": PAPER_TABLE_A5}}
     report["table"] = format_table(report)
     plot(report, demo.path("ablations.png"))

@@ -21,8 +21,8 @@ so that rollout, training and conversion each run as they would in their own env
 9. ``verify`` — the export converted back to Megatron TP=2 and compared with transformers
    (``sophia-convert verify``), and its tensors checked (language model moved, vision frozen);
 10. ``evaluate`` — the policy answers held-out image questions itself, before and after the update
-    (greedy, slow-thinking system prompt), scored by ``sophia-rollout check``
-    (:mod:`sophia_tools.demo.evaluate`);
+    (greedy, slow-thinking system prompt), with ``sophia-eval``'s evaluation on the generic ``jsonl``
+    benchmark format, scored by the project's verifier (:mod:`sophia_tools.demo.heldout`);
 11. summary — ``summary.txt`` / ``summary.json`` plus ``loss.png`` and ``lengths.png`` (always rewritten
     from the stages' recorded numbers, :mod:`sophia_tools.demo.summary`).
 
@@ -127,6 +127,7 @@ class Demo:
         self.python = sys.executable
         self.results: dict[str, dict[str, Any]] = {}
         self.current = ""
+        self.cpu_seconds = 0.0  # CPU seconds of the commands run so far (children_cpu_seconds)
 
     def path(self, *parts: str) -> Path:
         return self.workdir.joinpath(*parts)
@@ -149,7 +150,7 @@ class Demo:
         else:
             self.current = name
             self.echo(f"[{self.label}] {name:<17} running ... (log: {self.path('logs', name + '.log')})")
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), self.cpu_seconds
             try:
                 stats = body()
             except Exception as exc:  # name the stage whatever broke in it
@@ -157,10 +158,12 @@ class Demo:
                     raise
                 raise DemoError(f"stage '{name}' failed: {type(exc).__name__}: {exc}\n"
                                 f"(log: {self.path('logs', name + '.log')})") from exc
-            result = {"stage": name, "seconds": round(time.perf_counter() - started, 2), "stats": stats}
+            result = {"stage": name, "seconds": round(time.perf_counter() - started, 2),
+                      "cpu_seconds": round(self.cpu_seconds - cpu, 1), "stats": stats}
             write_json(marker, result)
             result = {**result, "reused": False}
-            self.echo(f"[{self.label}] {name:<17} done in {result['seconds']:.1f} s")
+            self.echo(f"[{self.label}] {name:<17} done in {result['seconds']:.1f} s "
+                      f"({result['cpu_seconds']:.0f} CPU s)")
         self.results[name] = result
         return result["stats"]
 
@@ -177,11 +180,14 @@ class Demo:
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"\n==== {self.current}/{step}: {' '.join(argv)}\n")
             handle.flush()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), children_cpu_seconds()
             proc = subprocess.run(argv, cwd=REPO, env=self.env(**env), stdout=subprocess.PIPE,
                                   stderr=handle, text=True)
+            cpu = children_cpu_seconds() - cpu
+            self.cpu_seconds += cpu
             handle.write(proc.stdout)
-            handle.write(f"==== exit {proc.returncode} after {time.perf_counter() - started:.1f} s\n")
+            handle.write(f"==== exit {proc.returncode} after {time.perf_counter() - started:.1f} s "
+                         f"({cpu:.1f} CPU s)\n")
         if proc.returncode != 0:
             tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-TAIL_LINES:])
             raise DemoError(f"stage '{self.current}' failed: {step} exited with {proc.returncode}\n"
@@ -191,6 +197,15 @@ class Demo:
     def torchrun(self, nproc: int = 2) -> list[str]:
         return [self.python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                 "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished child processes (and their waited-for
+    descendants) so far: what a stage costs whatever else shares the machine."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

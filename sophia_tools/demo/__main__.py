@@ -178,39 +178,22 @@ def stage_verify(demo: Demo) -> dict[str, Any]:
     return {"max_abs_diff": float(found[-1]), "tolerance": 1e-4, "tp": 2, "tensors": tensors}
 
 
-def pass_rates(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
-    """pass@1 of one evaluation: overall and by difficulty, from ``sophia-rollout check``'s verdicts."""
-    if len(verdicts) != len(rows):
-        raise DemoError(f"stage 'evaluate': {len(verdicts)} verdicts for {len(rows)} answers")
-    by_difficulty: dict[str, list[bool]] = {}
-    for row, verdict in zip(rows, verdicts, strict=True):
-        by_difficulty.setdefault(row["difficulty"] or "none", []).append(verdict["correct"])
-    return {"questions": len(rows), "correct": sum(v["correct"] for v in verdicts),
-            "by_difficulty": {key: f"{sum(v)}/{len(v)}" for key, v in sorted(by_difficulty.items())},
-            "example": rows[0]["response"] if rows else None}
-
-
-def evaluate_options(settings: Any, seed: int) -> list[str]:
-    """Options of ``sophia_tools.demo.evaluate`` for these settings: token limit, sampling, seed."""
-    return ["--limit-tokens", str(settings.answer_max_tokens), "--temperature", str(settings.eval_temperature),
-            "--top-p", str(settings.eval_top_p), "--seed", str(seed)]
+def heldout_command(demo: Demo, model: Path, out: Path, seed: int) -> list[str]:
+    """``sophia_tools.demo.heldout``: ``model`` answers the held-out questions (the recipe's ``eval:``
+    protocol with the demo's token limit and sampling), scored by the verifier, into ``out``."""
+    s = demo.settings
+    return [demo.python, "-m", "sophia_tools.demo.heldout", "--model", str(model), "--questions",
+            str(demo.path("task", "eval_inputs.jsonl")), "--out", str(out), "--seed", str(seed),
+            f"eval.policy.max_tokens={s.answer_max_tokens}", f"eval.policy.temperature={s.eval_temperature}",
+            f"eval.policy.top_p={s.eval_top_p}"]
 
 
 def stage_evaluate(demo: Demo) -> dict[str, Any]:
     """The policy answers held-out questions itself, before and after the update; the verifier scores."""
-    results = {}
     models = {"before": demo.path("warmup", "captioner", "hf"), "after": demo.path("sophia", "hf")}
-    for when, model in models.items():
-        answers = demo.path("evaluate", f"answers_{when}.jsonl")
-        demo.run(f"answer-{when}", [demo.python, "-m", "sophia_tools.demo.evaluate", "--model", str(model),
-                                    "--inputs", str(demo.path("task", "eval_inputs.jsonl")),
-                                    "--system", str(prompt_file("slow_thinking_system")),
-                                    "--out", str(answers),
-                                    *evaluate_options(demo.settings, seed=demo.settings.seed)])
-        check = [demo.python, "-m", "sophia_tools.rollout_cli", "check", "--in", str(answers)]
-        results[when] = pass_rates(json_lines(answers.read_text(encoding="utf-8")),
-                                   json_lines(demo.run(f"check-{when}", check)))
-    return results
+    return {when: json_lines(demo.run(when, heldout_command(demo, model, demo.path("evaluate", when),
+                                                            demo.settings.seed)))[-1]
+            for when, model in models.items()}
 
 
 STAGE_FUNCTIONS = {name: globals()[f"stage_{name}"] for name in STAGES}

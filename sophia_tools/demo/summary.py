@@ -11,7 +11,7 @@ store and ``sophia-rollout stats``, the packed dataset's manifest, the trainer's
 * :func:`write_summary` — ``summary.json``, ``summary.txt``, ``loss.png`` and ``lengths.png``.
 
 The policy's own pass@1 on held-out questions, before and after the update, comes from the
-``evaluate`` stage (``sophia_tools.demo.evaluate``, scored by ``sophia-rollout check``).
+``evaluate`` stage (``sophia_tools.demo.heldout``: ``sophia-eval``'s evaluation, scored by the verifier).
 """
 
 from __future__ import annotations
@@ -260,10 +260,11 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def _eval_line(evaluation: dict[str, Any]) -> str:
     before, after = evaluation["before"], evaluation["after"]
-    return (f"policy    answers {after['questions']} held-out questions itself (greedy, slow-thinking "
+    types = ", ".join(f"{kind} {entry['correct']}/{entry['questions']}" for kind, entry in sorted(after["by_type"].items()))
+    return (f"policy    answers {after['questions']} held-out questions itself (sophia-eval protocol, slow-thinking "
             "prompt): "
             f"pass@1 {_rate(before['correct'], before['questions'])} before the update -> "
-            f"{_rate(after['correct'], after['questions'])} after (by difficulty {after['by_difficulty']})")
+            f"{_rate(after['correct'], after['questions'])} after (by question type: {types})")
 
 
 def full_run_checks(n: dict[str, Any]) -> list[dict[str, Any]]:

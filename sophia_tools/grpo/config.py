@@ -27,6 +27,8 @@ class GrpoSection:
     eval_questions: str | None = doc("held-out questions for greedy pass@1 (null: no evaluation)", None)
     eval_interval: int = doc("evaluate every N steps (and before the first and after the last)", 0)
     eval_max_tokens: int = doc("most new tokens of an evaluation answer", 16384)
+    eval_samples: int = doc("answers per held-out question at grpo.temperature (pass@1 = their mean correctness, "
+                            "fixed seeds); 0: one greedy answer", 0)
     steps: int = doc("GRPO steps (one optimizer step each); replaces train.steps", 100)
     lr: float = doc("learning rate (paper: 5e-7); replaces train.lr", 5e-7)
     questions_per_step: int = doc("questions sampled per step (paper: 64)", 64)

@@ -16,7 +16,8 @@ docs/GRPO.md for the vLLM plan. Used on CPU (tests, demo) and for small models.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +39,40 @@ def question_request(row: dict[str, Any], system_prompt: str | None, key: str) -
     return Request(messages=tuple(messages), key=key, image=row.get("image"))
 
 
+@contextlib.contextmanager
+def plain_torch_factories() -> Iterator[None]:
+    """Undo, for the duration, the CPU compatibility layer's wrappers of torch's tensor factories.
+
+    On a CPU host the trainer activates ``sophia_megatron.cpu_compat`` in the same process, which
+    replaces ``torch.tensor`` & co. with Python wrappers (``functools.wraps``, so the original is
+    ``__wrapped__``). With any Python wrapper around ``torch.tensor`` (even a pass-through one),
+    transformers 5.19's ``generate`` samples different, broken text (seen on the tiny InternVL:
+    "The answer}." instead of "The answer is \\boxed{red}."); the root cause is not known yet.
+    Generation therefore runs with the original factories; nothing else runs meanwhile.
+    """
+    import torch
+
+    saved = {}
+    for name in ("tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "randperm",
+                 "linspace", "as_tensor", "eye"):
+        wrapper = getattr(torch, name)
+        code = getattr(wrapper, "__code__", None)
+        if hasattr(wrapper, "__wrapped__") and code is not None and code.co_filename.endswith("cpu_compat.py"):
+            saved[name] = wrapper
+            setattr(torch, name, wrapper.__wrapped__)
+    try:
+        yield
+    finally:
+        for name, wrapper in saved.items():
+            setattr(torch, name, wrapper)
+
+
 class TransformersPolicyGenerator(TransformersEngine):
     """HF ``generate`` with logprobs and in-place weight loading (see module doc)."""
 
     def __init__(self, config: EngineConfig, *, max_tiles: int = 1) -> None:
-        super().__init__(config, "grpo.generator", vision=True, max_tiles=max_tiles)
+        with plain_torch_factories():
+            super().__init__(config, "grpo.generator", vision=True, max_tiles=max_tiles)
         from conversion.hf_formats import normalize_hf_name
 
         self._by_hf_name = {normalize_hf_name(name): name for name in self.model.state_dict()}
@@ -67,6 +97,12 @@ class TransformersPolicyGenerator(TransformersEngine):
     def sample(self, request: Request, *, n: int, temperature: float, top_p: float, max_tokens: int,
                seed: int | None) -> list[Rollout]:
         """``n`` rollouts of one request (greedy when ``temperature`` is 0, then ``n`` must be 1)."""
+        with plain_torch_factories():
+            return self._sample(request, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                seed=seed)
+
+    def _sample(self, request: Request, *, n: int, temperature: float, top_p: float, max_tokens: int,
+                seed: int | None) -> list[Rollout]:
         torch = self._torch
         inputs = self._inputs(request)
         if not isinstance(inputs, dict):

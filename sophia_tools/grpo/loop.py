@@ -128,15 +128,20 @@ class Rollouts:
         return samples, metrics, records
 
     def pass_at_1(self) -> float:
-        """Greedy pass@1 on the held-out questions, scored by the reward plug-in's outcome."""
+        """pass@1 on the held-out questions by the rule verifier: the mean correctness of
+        ``eval_samples`` answers per question sampled with fixed seeds (the same at every evaluation),
+        or of one greedy answer when ``eval_samples`` is 0."""
         from sophia_tools.grpo.generator import question_request
 
-        answers = [self.generator.sample(question_request(row, self.system, f"eval:{row['id']}"), n=1,
-                                         temperature=0.0, top_p=1.0, max_tokens=self.grpo.eval_max_tokens,
-                                         seed=None)[0] for row in self.eval_questions]
-        scored = self.pool.verify_batch([{"response": a.text, "answer": row["answer"], "truncated": a.truncated}
-                                         for a, row in zip(answers, self.eval_questions, strict=True)])
-        return _mean([float(s.correct) for s in scored])
+        g = self.grpo
+        greedy = g.eval_samples == 0
+        items = []
+        for row in self.eval_questions:
+            answers = self.generator.sample(question_request(row, self.system, f"eval:{row['id']}"),
+                                            n=1 if greedy else g.eval_samples, temperature=0.0 if greedy else
+                                            g.temperature, top_p=g.top_p, max_tokens=g.eval_max_tokens, seed=g.seed)
+            items += [{"response": a.text, "answer": row["answer"], "truncated": a.truncated} for a in answers]
+        return _mean([float(s.correct) for s in self.pool.verify_batch(items)])
 
 
 def _mean(values: list[float]) -> float | None:

@@ -64,7 +64,7 @@ def warm_up(hf_dir: Path, questions: Path, out: Path, *, system: str | None, ste
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(round(float(loss), 4))
+        losses.append(round(loss.item(), 4))
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

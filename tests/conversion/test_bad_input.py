@@ -108,3 +108,24 @@ def test_inspect_both_kinds(tiny_root, tmp_path):
     assert hf_to_mcore(tiny_root["vit6b_qwen2_original"], tmp_path / "mc", "--tp", "2").returncode == 0
     proc = convert("inspect", str(tmp_path / "mc"))
     assert proc.returncode == 0 and "TP=2 PP=1" in proc.stdout, proc.stdout
+
+
+def test_verify_refuses_a_training_save_dir(tiny_root, tmp_path):
+    """A trainer's checkpoint.save_dir (old metadata without 'kind' included) is named, with what to do."""
+    for name, meta in (("new", {"kind": "training", "mcore_dir": "/ckpt/converted", "step": 3, "tp": 1, "pp": 1,
+                                "data": "/data"}),
+                       ("old", {"mcore_dir": "/ckpt/converted", "step": 3, "tp": 1, "pp": 1, "data": "/data"})):
+        save = tmp_path / name
+        save.mkdir()
+        (save / "sophia_meta.json").write_text(json.dumps(meta))
+        proc = convert("verify", "--hf-dir", str(tiny_root["vit300m_qwen2_hf"]), "--mcore-dir", str(save))
+        assert_fails(proc, "training run's checkpoint.save_dir", "sophia-convert mcore-to-hf", "/ckpt/converted")
+        assert "Traceback" not in proc.stderr
+
+
+def test_verify_refuses_a_mismatched_pair(tiny_root, tmp_path):
+    mcore = tmp_path / "internlm2_mcore"
+    assert hf_to_mcore(tiny_root["vit300m_internlm2_hf"], mcore).returncode == 0
+    proc = convert("verify", "--hf-dir", str(tiny_root["vit300m_qwen2_hf"]), "--mcore-dir", str(mcore))
+    assert_fails(proc, "are different models", "language.family", "hf-to-mcore")
+    assert "Traceback" not in proc.stderr and "IMG_CONTEXT" not in proc.stderr

@@ -100,3 +100,12 @@ def test_imports_are_light():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
                          text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_eval_section_loads(recipe):
+    """Each shipped recipe has an eval: section that validates, with the paper's sampling on GPU recipes."""
+    config = load_config(recipe)
+    assert (config.policy.temperature, config.policy.top_p) == (1.0, 0.8)
+    if recipe.stem != "tiny":
+        assert config.policy.engine == "vllm" and config.policy.max_tokens == 16384

@@ -84,7 +84,7 @@ def test_rules_scoring():
         verdicts = scorer.score(items)
     assert [v.correct for v in verdicts] == [True, True, True, False, False, False]
     # no answer: the verifier's own reason for it (its wording is the verifier's)
-    assert [v.reason for v in verdicts[3:]] == ["truncated", extract_answer(items[4].response).how, "mismatch"]
+    assert [v.reason for v in verdicts[3:5]] == ["truncated", extract_answer(items[4].response).how]
     assert {v.method for v in verdicts} == {"rules-extract+rules"}
 
 
@@ -99,9 +99,10 @@ def test_llm_extract_and_judge(judge_url):
     with Scorer(config) as scorer:
         verdicts = scorer.score(items)
         assert scorer.fingerprint(items[0].question) != scorer.fingerprint(items[2].question)
-    assert [v and (v.correct, v.reason, v.method) for v in verdicts] == [
-        (True, "judge", "llm-extract+llm-judge"), (False, "judge", "llm-extract+llm-judge"),
-        (True, "numeric", "llm-extract+rules"), (False, "no_answer", "llm-extract+rules"), None]
+    assert [v and (v.correct, v.method) for v in verdicts] == [
+        (True, "llm-extract+llm-judge"), (False, "llm-extract+llm-judge"), (True, "llm-extract+rules"),
+        (False, "llm-extract+rules"), None]
+    assert [verdicts[0].reason, verdicts[1].reason, verdicts[3].reason] == ["judge", "judge", "no_answer"]
     assert verdicts[2].extracted == "1/2"
     extraction = next(p for p in _StandInJudge.prompts if "I get \\boxed{3}" in p)
     assert extraction.rstrip().endswith("Question: What is 1+2?\nResponse: I get \\boxed{3}")

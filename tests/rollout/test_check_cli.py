@@ -51,7 +51,7 @@ def test_check_prints_one_result_per_line_in_order(tmp_path):
         {"correct": False, "extracted": "(1,2)", "reason": "structure"},
         {"correct": True, "extracted": "\\frac{3}{4}", "reason": "numeric"},
         {"correct": True, "extracted": "-x \\geq -5", "reason": "math_verify"},
-        {"correct": False, "extracted": "0", "reason": "mismatch"},
+        {"correct": False, "extracted": "0", "reason": "structure"},  # a part of the gold equation
     ]
 
 

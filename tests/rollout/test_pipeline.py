@@ -171,6 +171,9 @@ def test_stats_writes_json_and_png(full_run, workspace, capsys):
     assert report["caption_rewards"]["histogram"] == {"0": 6}
     assert report["question_pass_rate"]["share_of_questions_selected"] == 0.0
     assert report["lengths"]["trajectories"]["count"] == 12
+    provenance = report["provenance"]
+    assert provenance["captions"]["K"] == K and provenance["trajectories"]["N"] == N
+    assert provenance["captions"]["captioner"]["model"]["weights"].startswith("sha256:")
     assert json.loads(capsys.readouterr().out)["counts"] == counts
 
 

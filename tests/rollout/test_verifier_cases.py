@@ -65,6 +65,7 @@ def test_every_case_verifies_as_labelled(pool):
     assert not mismatches, f"{len(mismatches)} of {len(cases)} cases mismatched:\n" + "\n".join(mismatches)
 
 
+@pytest.mark.slow
 def test_parent_fast_path_agrees_with_the_workers():
     """Every verdict the parent decides without SymPy is the one a worker reaches with it."""
     cases = load_cases()

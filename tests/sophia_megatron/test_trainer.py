@@ -104,12 +104,27 @@ def dp1_runs(tiny_training, tmp_path_factory):
 @pytest.mark.parametrize("tp,nproc", [(1, 2), (2, 4)], ids=["dp2", "tp2xdp2"])
 def test_data_parallel_matches_dp1_per_step(tiny_training, dp1_runs, tmp_path, normalization, tp, nproc):
     """DP splits each global batch over ranks; the loss and the update must not change (both normalisations)."""
-    got = train(tmp_path, tiny_training, nproc, parallel={"tp": tp},
+    export = ["--export-hf", str(tmp_path / "hf")] if nproc == 4 else []  # the export's collectives at DP > 1
+    got = train(tmp_path, tiny_training, nproc, *export, parallel={"tp": tp},
                 train={"steps": DP_STEPS, "loss_normalization": normalization})
     reference = dp1_runs(normalization)
     assert len(got) == DP_STEPS and got[-1] != got[0]
     diffs = [abs(a - b) for a, b in zip(got, reference, strict=True)]
     assert max(diffs) <= 1e-4, f"{normalization}: max |loss - DP1 loss| = {max(diffs):.2e}: {got} vs {reference}"
+    assert not export or (tmp_path / "hf" / "config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.multirank
+def test_sophia_train_starts_its_own_ranks(tiny_training, tmp_path):
+    """The README's command, ``sophia-train --config R train.steps=... parallel.pp=2``, without torchrun."""
+    config = recipe(tmp_path, tiny_training, train={"steps": 2})
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.train_cli", "--config", str(config), "train.steps=2",
+                           "parallel.pp=2"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(losses(tmp_path)) == 2
+    assert "step 2 | loss" in proc.stderr  # progress is printed (by rank 0, also when it is not the last stage)
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
     torchrun --nproc-per-node N train_on_rollouts.py MCORE_DIR ROLLOUT_DIR TP PP OUT.json
 
 Every step's kept samples come from ``ROLLOUT_DIR/step_*.jsonl`` (written by the GRPO loop), so every
-layout trains on the very same rollouts; rank 0 writes the per-step metrics to OUT.json.
+layout trains on the very same rollouts (with the loop's settings of tests/grpo/conftest.py, in several
+micro-batches per step); rank 0 writes the per-step metrics to OUT.json.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def main() -> None:
     mcore, rollouts, tp, pp, out = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     recipe = build(TrainRecipe, {"model": {"mcore_dir": mcore}, "data": {"path": str(rollouts)},
                                  "parallel": {"tp": tp, "pp": pp},
-                                 "train": {"mode": "grpo", "lr": 1e-3, "steps": 10, "max_seq_len": 4096},
+                                 "train": {"mode": "grpo", "lr": 5e-4, "steps": 4, "min_lr_ratio": 1.0,
+                                           "max_seq_len": 4096},
                                  "checkpoint": {"resume": False}})
     trainer = PolicyTrainer(recipe, PolicySettings(max_tokens=12, micro_batch_tokens=700))
     history = []

@@ -1,0 +1,38 @@
+"""The grpo: recipe section: every shipped recipe validates, with the paper's settings; bad input is named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from sophia_common.config import ConfigError, build, read_recipe
+from sophia_tools.grpo.config import GrpoSection, load_grpo
+from tests.multirank import REPO
+
+BIG = ["internvl3_38b", "internvl2_5_38b", "internvl3_8b", "internvl2_5_8b"]
+
+
+@pytest.mark.parametrize("name", [*BIG, "tiny"])
+def test_recipes_validate(name):
+    build(GrpoSection, read_recipe(REPO / "configs" / f"{name}.yaml")["grpo"], "grpo")
+
+
+@pytest.mark.parametrize("name", BIG)
+def test_paper_settings(name):
+    g = build(GrpoSection, read_recipe(REPO / "configs" / f"{name}.yaml")["grpo"], "grpo")
+    assert (g.lr, g.questions_per_step, g.rollouts_per_question, g.clip_eps, g.kl_coef, g.max_tokens) == (
+        5e-7, 64, 8, 0.2, 0.0, 16384)
+    assert (g.filter.samples, g.filter.min_pass_rate, g.filter.max_pass_rate) == (16, 0.4, 0.6)
+    assert (g.srpo.alpha, g.srpo.target_ratio, g.srpo.max_ratio) == (0.1, 2.0, 2.5)
+
+
+def test_bad_input_names_the_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"grpo": {"questions": "q.jsonl", "generator": {"model": "m"},
+                                               "advantge": "grpo"}}))
+    with pytest.raises(ConfigError, match=r"grpo\.advantge"):
+        load_grpo(str(recipe), [])
+    with pytest.raises(ConfigError, match="rollouts_per_question must be >= 2"):
+        load_grpo(None, ["grpo.questions=q", "grpo.generator.model=m", "grpo.rollouts_per_question=1"])
+    with pytest.raises(ConfigError, match="grpo.questions is not set"):
+        load_grpo(None, ["grpo.generator.model=m"])
