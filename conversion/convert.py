@@ -31,7 +31,7 @@ from typing import Any
 
 from conversion.arch import InternVLArch, padded_vocab_size
 from conversion.hf_checkpoint import HFCheckpoint
-from conversion.internvl_mapping import Row, expand, expected_hf_shapes, table
+from conversion.internvl_mapping import Row, RowSharder, expand, expected_hf_shapes, table
 from conversion.megatron_layout import (
     layer_index,
     on_stage,
@@ -150,11 +150,10 @@ def plan_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout) -> dict
     specs: dict[tuple[int, int], dict[str, TensorSpec]] = {rank: {} for rank in layout.ranks()}
     for row in rows:
         metas = [torch.empty(ckpt.shape(h), dtype=getattr(torch, ckpt.dtype(h)), device="meta") for h in row.hf]
-        full = row.transform.to_megatron(metas)
-        mapping = tp_mapping(row.megatron, gated_mlp=True)
+        sharder = RowSharder(row.transform, metas, tp_mapping(row.megatron, gated_mlp=True), layout.tp)
         for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
             for tp_rank in writer_ranks(row.megatron, layout):
-                piece = mapping.shard(full, tp_rank, layout.tp)
+                piece = sharder.piece(tp_rank)
                 specs[(tp_rank, pp_rank)][local] = TensorSpec(piece.dtype, tuple(piece.shape))
     return specs
 
@@ -175,15 +174,16 @@ def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_d
     written = 0
     with progress(total=total, unit="B", unit_scale=True, desc="hf-to-mcore") as bar:
         for row in rows:
-            full = row.transform.to_megatron([ckpt.get(h) for h in row.hf])
-            mapping = tp_mapping(row.megatron, gated_mlp=True)
+            sharder = RowSharder(row.transform, [ckpt.get(h) for h in row.hf],
+                                 tp_mapping(row.megatron, gated_mlp=True), layout.tp)
             for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
                 for tp_rank in writer_ranks(row.megatron, layout):
-                    piece = mapping.shard(full, tp_rank, layout.tp)
+                    piece = sharder.piece(tp_rank)
                     writers[(tp_rank, pp_rank)].write(f"model/{local}", piece)
                     written += piece.numel() * piece.element_size()
                     bar.update(piece.numel() * piece.element_size())
-            del full
+                    del piece
+            del sharder
     for writer in writers.values():
         writer.close()
     return written

@@ -170,6 +170,53 @@ def expand(rows: list[Row], arch: InternVLArch) -> list[Row]:
     return out
 
 
+class RowSharder:
+    """One TP rank's Megatron piece of a row, built from the sources without the full tensor where it can.
+
+    ``mapping.shard(transform.to_megatron(sources))`` copies every byte twice (the fused/padded full
+    tensor, then the rank's piece). Per rank instead: a dim-0 piece of a ``Same`` or ``PaddedVocab`` row
+    is a view of the source (zero copies, except zero padding rows); ``[gate_i; up_i]`` and a grouped
+    ``linear_qkv`` piece are one concatenation of source slices (q heads are ordered by query group,
+    so a rank's groups are a contiguous slice of q, k and v). Anything else falls back to the full
+    tensor, built once for all ranks. The pieces are the same values either way (slicing only).
+    """
+
+    def __init__(self, transform: object, sources: list[torch.Tensor], mapping: object, tp: int) -> None:
+        from conversion.megatron_layout import GatedColumn, Split
+
+        self.transform, self.sources, self.mapping, self.tp = transform, sources, mapping, tp
+        self._full = None
+        column = isinstance(mapping, Split) and mapping.dim == 0
+        self._direct = tp > 1 and ((column and isinstance(transform, (Same, PaddedVocab, GroupedQKV)))
+                                   or (isinstance(mapping, GatedColumn) and isinstance(transform, Stack)
+                                       and len(sources) == 2))
+
+    def piece(self, tp_rank: int) -> torch.Tensor:
+        if not self._direct:
+            if self._full is None:
+                self._full = self.transform.to_megatron(self.sources)
+            return self.mapping.shard(self._full, tp_rank, self.tp)
+        import torch
+
+        from conversion.megatron_layout import COLUMN
+
+        transform, tp = self.transform, self.tp
+        if isinstance(transform, Same):
+            return COLUMN.shard(self.sources[0], tp_rank, tp)
+        if isinstance(transform, Stack):  # [gate_i; up_i]
+            return torch.cat([COLUMN.shard(t, tp_rank, tp) for t in self.sources])
+        if isinstance(transform, GroupedQKV):
+            local = GroupedQKV(transform.num_heads // tp, transform.num_groups // tp, transform.head_dim)
+            return local.to_megatron([COLUMN.shard(t, tp_rank, tp) for t in self.sources])
+        (tensor,) = self.sources  # PaddedVocab: rows [start, stop) of the padded table
+        rows = transform.padded_size // tp
+        start, stop = tp_rank * rows, (tp_rank + 1) * rows
+        real = tensor[min(start, transform.vocab_size):min(stop, transform.vocab_size)]
+        if real.shape[0] == rows:
+            return real
+        return torch.cat([real, tensor.new_zeros(rows - real.shape[0], *tensor.shape[1:])])
+
+
 def expected_hf_shapes(arch: InternVLArch) -> dict[str, tuple[int, ...]]:
     """The shape every transformers-native tensor must have, from the architecture alone."""
     vt, lm = arch.vision, arch.language

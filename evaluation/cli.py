@@ -32,8 +32,8 @@ def run_main(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides) + ([f"eval.samples={args.samples}"] if args.samples is not None else [])
     config = load_config(args.config, overrides)
-    results = evaluate(config, args.model or config.policy.model, parse_benchmarks(args.benchmarks), args.out,
-                       recipe_dir=args.config.parent if args.config else None)
+    # One path rule for every recipe: relative paths resolve against the working directory.
+    results = evaluate(config, args.model or config.policy.model, parse_benchmarks(args.benchmarks), args.out)
     print(json.dumps({name: {key: b[key] for key in ("n", "pass@1", "pass@1_se", "pass@k", "missing")}
                       for name, b in results["benchmarks"].items()} | {"average": results["average"]}))
     return 0

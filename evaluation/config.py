@@ -8,7 +8,8 @@ MV-MATH judged by it — is ``extract: llm`` and ``judge: llm`` with ``llm.base_
 OpenAI-compatible server (e.g. ``vllm serve Qwen/Qwen2.5-72B-Instruct``).
 
 ``load_config(recipe, overrides)`` reads the section (overrides such as ``eval.samples=4`` or just
-``samples=4``); prompt paths are relative to the recipe file, falling back to ``configs/prompts``.
+``samples=4``); prompt paths are relative to the working directory (the rule of every recipe path), a
+``prompts/*.txt`` absent there falling back to the shipped ``configs/prompts``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class EvalConfig:
     """The ``eval:`` section of a recipe."""
 
     samples: int = doc("K responses per question: pass@1 is their mean, pass@K whether any is right", 1)
-    system_prompt: str = doc("system prompt file (paper: the slow-thinking one); relative to the recipe",
+    system_prompt: str = doc("system prompt file (paper: the slow-thinking one); relative to the working directory",
                              "prompts/slow_thinking_system.txt")
     response_hint: bool = doc("put the benchmark's response hint before the question where it has one "
                               "(paper)", True)

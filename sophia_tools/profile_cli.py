@@ -15,6 +15,7 @@ COMMANDS = {
     "rollout": ("sophia_tools.bench.rollout:main", "reason-stage throughput vs bare LLM.generate; verifier speed"),
     "loader": ("sophia_tools.bench.loader:main", "training loader: bytes read per micro-batch vs packs used"),
     "train": ("sophia_tools.bench.train:main", "step time, tokens/s, TFLOP/s and MFU of the update"),
+    "grpo": ("sophia_tools.bench.grpo:main", "GRPO step time split: generate / train / weight sync"),
     "verifier": ("sophia_tools.bench.verifier:main", "verifier accuracy, FP, FN, verdicts/s; --against math-verify"),
 }
 

@@ -163,3 +163,26 @@ def test_ablations_smoke_end_to_end_then_reused(tmp_path):
     started = (workdir / "done" / "arm_random_seed0.json").stat().st_mtime
     again = run_smoke(workdir)
     assert "reused" in again.stdout and (workdir / "done" / "arm_random_seed0.json").stat().st_mtime == started
+
+
+def test_rollout_signals_classify_captions_and_trajectories(tmp_path):
+    """The report's signals on the hand-built store: right captions earn 3/4, vague ones 1/4; guesses,
+    detours and clean trajectories are told apart, with their pass rates and lengths."""
+    from sophia_tools.demo.signals import composition, rollout_signals
+
+    demo = Demo(tmp_path, replace(SMOKE_ABLATIONS.shared, K=2, N=4), echo=lambda _: None, label="test")
+    build_store(demo)
+    signals = rollout_signals(tmp_path / "store", tmp_path / "task" / "rollout_inputs.jsonl", alpha=0.75)
+    captions = signals["caption_reward_by_caption"]
+    assert captions["right"] == {"captions": QUESTIONS, "reward_mean": 0.75, "at_or_above_alpha": 1.0}
+    assert captions["vague"] == {"captions": QUESTIONS, "reward_mean": 0.25, "at_or_above_alpha": 0.0}
+    assert captions["wrong"]["captions"] == 0
+    shapes = signals["length_vs_errors"]["by_class"]
+    assert shapes["clean"] == {"trajectories": 2 * QUESTIONS, "mean_tokens": 20.5, "pass_rate": 1.0}
+    assert shapes["detour"] == {"trajectories": 2 * QUESTIONS, "mean_tokens": 34.0, "pass_rate": 0.5}
+    assert shapes["guess"] == {"trajectories": 4 * QUESTIONS, "mean_tokens": 12.0, "pass_rate": 0.25}
+    terciles = signals["length_vs_errors"]["right_caption_terciles"]  # right captions: 20, 21, 34, 34 tokens
+    assert terciles[-1]["detour_share"] == 1.0 and terciles[0]["detour_share"] == 0.0
+    mix = composition([{"text": text, "correct": correct, "num_tokens": tokens}
+                       for text, correct, tokens in TRAJECTORIES.values()])
+    assert mix == {"samples": 8, "clean": 0.25, "detour": 0.25, "guess": 0.5, "wrong": 0.5, "mean_tokens": 19.625}

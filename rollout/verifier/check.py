@@ -3,7 +3,7 @@
 Each non-blank input line is a JSON object ``{"response": str | null, "answer": str | number}``
 (optionally ``"choices"``: a list, A first, or a letter → text object; ``"truncated"``: bool). One
 JSON line is printed per input line, in order: ``{"correct": bool, "extracted": str | null,
-"reason": str}``. The whole file is validated before anything is verified, so a malformed line
+"reason": str}`` (the reasons are listed in docs/VERIFIER.md). The whole file is validated before anything is verified, so a malformed line
 stops the command with ``error: FILE:LINE: …`` on stderr and exit code 2 and no partial output.
 """
 

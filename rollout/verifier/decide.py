@@ -15,8 +15,10 @@ inequalities, matrices and sets well, but is lenient in ways a policy can exploi
 3. **Otherwise** (SymPy said different or could not parse, or the answer sat in prose) Math-Verify
    judges the same answer — the boxes when there are boxes, else the text after the think block.
    It saying correct gives ``math_verify``; but when the rules had compared plain numbers or
-   words (their tolerance and percent rules are the authority) the verdict is wrong with the
-   reason ``ambiguous``, counted like every reason.
+   words (their tolerance and percent rules are the authority), or when the answer Math-Verify
+   found in the prose fails the rules by shape, choice or value, the verdict is wrong with the
+   reason ``ambiguous``, counted like every reason. The rules get a soft time limit in the worker;
+   past it the pool retries the item in a fresh worker with Math-Verify alone.
 
 ``decide_in_parent`` does steps 1–2 without SymPy (microseconds, in the pool's parent);
 ``None`` means a worker must run ``verify_answer``, which may run SymPy and Math-Verify and so
@@ -30,12 +32,17 @@ import signal
 import threading
 
 from rollout.verifier.equivalence import NeedsSympy, Verdict, compare_answers
+from rollout.verifier.normalize import clean_latex, parse_plain_number
 
 CLEAN_HOWS = ("boxed", "display")
 RULES_TIMEOUT = "rules_timeout"  # internal: the pool retries the item with Math-Verify alone
 SURE_WRONG = ("structure", "choice", "too_long", "ambiguous")
 _COMMANDS_AND_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox|operatorname)\s*\{[^{}]*\}|\\[A-Za-z]+")
 _PROSE = re.compile(r"[A-Za-z]{3,}")
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?])\s+|\n|(?<=\$\$)|(?<=\\\])|\s+(?=(?:Therefore|Thus|Hence|So|Finally)\b)"
+)
+_NUMBER_TOKEN = re.compile(r"\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
 def is_clean(answer: str | None, how: str) -> bool:
@@ -48,7 +55,7 @@ def is_clean(answer: str | None, how: str) -> bool:
 
 
 def rule_verdict(answer: str, boxes: tuple[str, ...], gold: str, choices, *, allow_sympy: bool):
-    """The rules' verdict and whether it rests only on numbers, words and shapes (no SymPy)."""
+    """The rules' verdict on the answer, with several final boxes also tried as one list answer."""
     verdict = compare_answers(answer, gold, choices, allow_sympy=allow_sympy)
     if len(boxes) < 2:
         return verdict
@@ -94,14 +101,23 @@ def verify_answer(answer: str, gold: str, choices=None, context: dict | None = N
             return verdict  # this process was interrupted inside SymPy: the pool retires it and retries
     if verdict.correct or (verdict.reason in SURE_WRONG and clean):
         return verdict
-    agrees, found = second_opinion(answer, how, boxes, body, gold)
+    agrees, found = second_opinion(answer, how if not clean else "boxed", boxes, body, gold)
     if not agrees:
         return verdict
     if numbers_only is not None and numbers_only.reason == "mismatch" and clean:
         return Verdict(False, "ambiguous")  # plain numbers or words differ by the rules; Math-Verify disagrees
-    if found is not None and _rules_object(found, gold, choices):
-        return Verdict(False, "ambiguous")  # the answer Math-Verify found in the prose fails the rules
+    if found is not None and (_rules_object(found, gold, choices) or not _one_number_concludes(body, found)):
+        return Verdict(False, "ambiguous")  # what Math-Verify found in the prose is not clearly the answer
     return Verdict(True, "math_verify")
+
+
+def _one_number_concludes(body: str | None, found: str) -> bool:
+    """A bare number Math-Verify picked from prose counts only when the last sentence with a number
+    has just that one ("… the game is 2/3."), not "x is 3 when y is 7" or "x = 1, 2"."""
+    if body is None or parse_plain_number(clean_latex(found)) is None:
+        return True  # LaTeX it found, or nothing to check against
+    sentences = [part for part in _SENTENCE_END.split(body) if _NUMBER_TOKEN.search(part)]
+    return bool(sentences) and len(_NUMBER_TOKEN.findall(sentences[-1])) == 1
 
 
 def _rules_object(found: str, gold: str, choices) -> bool:
@@ -144,8 +160,9 @@ def _rules_with_sympy(answer: str, boxes: tuple[str, ...], gold: str, choices, l
 def second_opinion(
     answer: str | None, how: str, boxes: tuple[str, ...], body: str | None, gold: str
 ) -> tuple[bool, str | None]:
-    """Math-Verify on the same answer — the boxes when boxed, else the text after the think block —
-    and, when it extracted by itself, the answer it found (as LaTeX)."""
+    """Math-Verify on the same answer — the boxes when boxed (or the answer, when the rules' extraction
+    is clean math), else the text after the think block — and, when it extracted by itself, the
+    answer it found (as LaTeX)."""
     from rollout.verifier.mathverify import mathverify_equal, parse_gold, parse_prediction
 
     if how == "boxed" or not body:

@@ -65,9 +65,9 @@ RANDOM_POINTS = 5
 
 _GOLD_LETTER = re.compile(r"(?P<paren>\()?(?P<letter>[A-Za-z])(?(paren)\))\.?")
 _PRED_LABELS = (
-    re.compile(r"(?:option|choice)\s*:?\s*\(?(?P<letter>[A-Za-z])\)?(?![A-Za-z])", re.IGNORECASE),
+    re.compile(r"(?:option|choice|answer)\s*:?\s*\(?(?P<letter>[A-Za-z])\)?(?![A-Za-z])", re.IGNORECASE),
     re.compile(r"\((?P<letter>[A-Za-z])\)"),
-    re.compile(r"(?P<letter>[A-Z])[.:)](?=\s|$)"),
+    re.compile(r"(?P<letter>[A-Z])[.:),](?=\s|$)"),
     re.compile(r"(?P<letter>[A-Z])(?=\s+(?:is|because|since)\b)"),
     re.compile(r"(?P<letter>[A-Za-z])$"),
 )
@@ -297,8 +297,8 @@ class _Comparer:
             return True
         if not pred.text or not gold.text:
             return False
-        if len(pred.text) == len(gold.text) == 1 and pred.text.isalpha() and gold.text.isalpha():
-            return self._structure()  # "E" is not "e": one-letter answers are case-sensitive symbols
+        if pred.text.lower() == gold.text.lower() and not _is_words(pred.text):
+            return self._structure()  # "E" is not "e", "X^2" is not "x^2": symbols are case-sensitive
         if "=" in pred.text and gold.equation and "=" not in gold.text:
             gold = make_scalar(gold.equation)  # "y=2x+1" vs "2y=4x+2": compare whole equations
         elif "=" in gold.text and pred.equation and "=" not in pred.text:
@@ -375,8 +375,19 @@ def close_enough(a: Fraction | float, b: Fraction | float) -> bool:
 # ---------------------------------------------------------------- SymPy
 
 
-@functools.lru_cache(maxsize=4096)  # a gold answer is parsed once per worker, not once per trajectory
+@functools.lru_cache(maxsize=4096)
 def _to_sympy(text: str):
+    """The parsed expression with sums and products evaluated (``doit``), or ``None``."""
+    expr = _parse_sympy(text)
+    try:
+        return expr.doit() if hasattr(expr, "doit") else expr  # the parser leaves sums unevaluated
+    except (Exception, RecursionError):
+        return None
+
+
+@functools.lru_cache(maxsize=4096)  # a gold answer is parsed once per worker, not once per trajectory
+def _parse_sympy(text: str):
+    """The expression as parsed, unevaluated, or ``None``."""
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
     from latex2sympy2_extended.math_normalization import NormalizationConfig
 
@@ -385,8 +396,7 @@ def _to_sympy(text: str):
     )
     conversion = ConversionConfig(lowercase_symbols=False, interpret_simple_eq_as_assignment=False)
     try:
-        expr = latex2sympy(text, normalization_config=normalization, conversion_config=conversion)
-        return expr.doit() if hasattr(expr, "doit") else expr  # the parser leaves sums unevaluated
+        return latex2sympy(text, normalization_config=normalization, conversion_config=conversion)
     except (Exception, RecursionError):
         return None
 
@@ -404,6 +414,9 @@ def _sympy_readings(expr, scalar: Scalar, other: Scalar) -> list:
 
 def _sympy_scalars_equal(pred: Scalar, gold: Scalar) -> bool | None:
     """``None`` when either side does not parse."""
+    raw_pred, raw_gold = _parse_sympy(pred.text), _parse_sympy(gold.text)
+    if raw_pred is not None and raw_pred == raw_gold:
+        return True  # equal as written (a sum with symbolic bounds need not be evaluated)
     pred_expr, gold_expr = _to_sympy(pred.text), _to_sympy(gold.text)
     if pred_expr is None or gold_expr is None:
         return None

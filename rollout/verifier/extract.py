@@ -38,7 +38,7 @@ _ANSWER_PHRASE = re.compile(
     r"(?:(?:is|would\s+be|should\s+be)\s*:?|:|=)\**[ \t]*(?P<rest>[^\n]*?)(?=\.(?:\s|$)|\n|$)",
     re.IGNORECASE,
 )
-_INLINE_MATH = re.compile(r"\$+([^$]+)\$+|\\\((.+?)\\\)")
+_INLINE_MATH = re.compile(r"(?<!\\)\$+((?:\\\$|[^$])+?)(?<!\\)\$+|\\\((.+?)\\\)")  # "\$" is a dollar sign
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
 _SPAN_JOINERS = re.compile(r"(?:\s|,|;|\band\b|\bor\b|\\quad|\\text\{\s*(?:and|or)\s*\})*")
 _APPROXIMATELY = re.compile(r"\W*(?:which\s+is\s+|or\s+)?(?:about|approximately|roughly|around|\\approx|\u2248)")

@@ -98,6 +98,8 @@ def hf_weight_stream(model: Any, arch: InternVLArch, pstate: Any, *, spec: str =
         if pstate.pp_rank == stage and pstate.dp_rank == 0:
             local = state[local_name].detach()
             full = _gather_tp(local, row.megatron, pstate.tp).float()
+            if full.data_ptr() == local.data_ptr():  # never hand out the live parameter (TP=1, fp32)
+                full = full.clone()
         full = _to_rank0(full, senders[stage], torch.device(pstate.device))
         if full is not None:
             yield from zip(row.hf, row.transform.to_hf(full, len(row.hf)), strict=True)

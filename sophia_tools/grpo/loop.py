@@ -113,7 +113,7 @@ class Rollouts:
             for i, r in enumerate(rollouts):
                 records.append({"id": row["id"], "i": i, "response": r.text, "reward": rewards[i],
                                 "correct": correct[i], "group": reason, "tokens": len(r.response_ids),
-                                "truncated": r.truncated})
+                                "truncated": r.truncated, "sample": None})
                 if advantages is not None:
                     samples.append(PolicySample(r.prompt_ids, r.response_ids, r.logprobs, advantages[i],
                                                 row["image"], g.max_tiles))

@@ -41,7 +41,7 @@ def warm_policy(tiny_root, tmp_path_factory) -> dict[str, Path]:
 def grpo_recipe(out: Path, policy: dict[str, Path], **grpo) -> Path:
     """A GRPO recipe for the warmed-up policy writing under ``out``; ``grpo`` overrides grpo: keys."""
     settings = {"questions": str(policy["questions"]), "steps": 4, "lr": 5e-4, "questions_per_step": 2,
-                "rollouts_per_question": 4, "max_tokens": 12, "max_tiles": 1, "micro_batch_tokens": 6000,
+                "rollouts_per_question": 4, "max_tokens": 12, "max_tiles": 1, "micro_batch_tokens": 700,
                 "generator": {"model": str(policy["hf"]), "engine": "transformers", "dtype": "float32", "seed": 0},
                 **grpo}
     recipe = {"model": {"mcore_dir": str(policy["mcore"])}, "parallel": {"tp": 1, "pp": 1},

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.grpo.conftest import grpo_recipe
 from tests.multirank import REPO, subprocess_env, torchrun_script
@@ -86,13 +87,21 @@ def test_resume_after_sigusr1_equals_the_uninterrupted_run(reference, warm_polic
 @pytest.mark.multirank
 def test_tp2_and_pp2_losses_match_tp1_on_the_same_rollouts(reference, warm_policy, tmp_path):
     rollouts = reference / "ckpt" / "rollouts"
-    results = {}
+    results, weights = {}, {}
     for name, (tp, pp) in {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}.items():
         out = tmp_path / f"{name}.json"
-        torchrun_script(WORKER, tp * pp, [str(warm_policy["mcore"]), str(rollouts), str(tp), str(pp), str(out)])
-        results[name] = json.loads(out.read_text())
+        torchrun_script(WORKER, tp * pp, [str(warm_policy["mcore"]), str(rollouts), str(tp), str(pp), str(out),
+                                          str(warm_policy["hf"])])
+        report = json.loads(out.read_text())
+        assert report["sync_exact_at_start"], f"{name}: the weight sync does not give back the HF checkpoint"
+        results[name] = report["steps"]
+        weights[name] = torch.load(str(out) + ".weights.pt")
     trained = [h for h in steps(reference) if not h["skipped"]]
     assert len(results["tp1"]) == len(trained) >= 2
+    for name in ("tp2", "pp2"):  # the synced weights after training agree across layouts (TP gather, PP send)
+        assert set(weights[name]) == set(weights["tp1"])
+        # (Adam amplifies last-bit gradient differences up to ~lr; a wrong gather or send is off by ~1e-2)
+        assert max((weights[name][k] - weights["tp1"][k]).abs().max().item() for k in weights["tp1"]) < 2e-4
     for name in ("tp1", "tp2", "pp2"):
         # Same rollouts, same settings, other layout: the loop's losses, step after step; and the
         # vocab-parallel log-probabilities still equal the generator's at every step.

@@ -78,7 +78,7 @@ def test_judge_only_sees_rule_negatives_over_http():
     try:
         settings = JudgeSettings(url=f"http://127.0.0.1:{server.server_port}/v1", model="judge", retries=1)
         got = judge_rewards([Scored("How many?", "3", "\\boxed{3}"),            # rule-positive: no request
-                             Scored("How many?", "3", "I count \\boxed{three}"),  # rule-negative, judge says yes
+                             Scored("How many?", "3", "I count \\boxed{three apples}"),  # rule-negative, judge says yes
                              Scored("How many?", "3", "\\boxed{4}")], verify, settings)
     finally:
         server.shutdown()

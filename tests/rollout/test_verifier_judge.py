@@ -185,7 +185,9 @@ def test_a_real_vllm_server_judges_and_a_cached_rerun_needs_no_server(tiny_root,
     assert all(r.reason in ("judge", "mismatch") for r in first)
     rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
     assert len(rows) == stats["judged"] and all(row["judge"] == name for row in rows)
-    if stats["judged"] == 2:  # the tiny random model answered with digits: the rerun needs no server
-        rerun = GenerativeJudge(JudgeSettings(base_url=server.base_url, model=name.split("@")[0],
-                                              prompt_file=PROMPT, endpoint="completions", cache_path=str(cache)))
-        assert rerun.rejudge(items, results) == first and rerun.stats["cached"] == 2
+    # the server is gone: judged items come from the cache, the others keep the rules' verdict
+    rerun = GenerativeJudge(JudgeSettings(base_url=server.base_url, model=name.split("@")[0], prompt_file=PROMPT,
+                                          endpoint="completions", cache_path=str(cache), on_unreachable="rules",
+                                          timeout_s=5, retries=0))
+    assert rerun.rejudge(items, results) == first
+    assert rerun.stats["cached"] == stats["judged"] and rerun.stats["unreachable"] == 2 - stats["judged"]
