@@ -10,8 +10,8 @@ Overrides use dotted paths and YAML values: ``train.lr=1e-5 parallel.tp=2
 rollout.reasoner.easy.temperature=0.6``; a list is written in YAML's flow syntax,
 ``rollout.inputs=[a.jsonl,b.parquet]`` (quote the argument in a shell: ``'rollout.inputs=[a, b]'``),
 and ``key=null`` unsets an optional key. ``OVERRIDES_HELP`` says this in every command's
-``--help``. Field documentation lives in ``field(metadata={"help": ...})`` so
-``sophia-train --help-config`` and the recipe-docs test can read it.
+``--help``. Field documentation lives in ``field(metadata={"help": ...})`` (``doc``), where the
+recipe-docs test (tests/common/test_recipes.py) reads it beside each recipe's comments.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import yaml
 # Top-level recipe sections that some command of the system understands. A section
 # outside this set is an error everywhere (it is a typo or a stale key).
 KNOWN_SECTIONS = ("name", "model", "parallel", "train", "data", "checkpoint", "logging",
-                  "fp8", "rollout", "pack", "convert", "demo", "paths", "eval", "grpo")
+                  "fp8", "rollout", "pack", "eval", "grpo")
 
 
 OVERRIDES_HELP = """\

@@ -1,15 +1,17 @@
 """The frozen InternVL vision path: InternViT tower, pixel shuffle, ``mlp1`` projector.
 
-SOPHIA never trains the vision tower or the projector (DESIGN §1.1), so they are plain
+SOPHIA never trains the vision tower or the projector (docs/ALGORITHM.md §1), so they are plain
 PyTorch modules replicated on every rank of the first pipeline stage (vision TP = 1), with
 ``requires_grad=False`` and no optimizer state. Both InternViT flavours are covered:
 
 - 300M: LayerNorm, qkv bias, no qk-norm;
 - 6B: RMSNorm, no qkv bias, q/k RMSNorm over the full width (before the head split).
 
-Parameter names follow the transformers-native ``InternVLVisionModel`` (``embeddings.*``,
-``encoder.layer.N.*``) with the fused ``attention.qkv`` of the original format, so the
-converter's tables stay short. The maths matches transformers' implementation exactly.
+Parameter names are short and close to the original remote-code format: ``tower.embeddings.{cls_token,
+patch_embedding, position_embedding}``, ``tower.layers.N.{norm1, norm2, attn.{qkv, q_norm, k_norm,
+proj}, fc1, fc2, ls1, ls2}`` (the fused ``qkv`` of the original format) and ``projector.{norm,
+linear_1, linear_2}`` (``mlp1.0/1/3``); the converter's table (``conversion/internvl_mapping.py``)
+maps them to both Hugging Face formats. The maths matches transformers' implementation exactly.
 """
 
 from __future__ import annotations

@@ -69,11 +69,6 @@ class Rollouts:
         from rollout.verifier import VerifierPool
         from sophia_tools.grpo.generator import TransformersPolicyGenerator
 
-        if grpo.generator.engine != "transformers":
-            from sophia_common.cli import UserError
-
-            raise UserError("grpo.generator.engine: only 'transformers' is implemented for GRPO so far "
-                            "(vLLM generation with weight sync is planned, see docs/GRPO.md)")
         self.grpo = grpo
         self.generator = TransformersPolicyGenerator(grpo.generator, max_tiles=grpo.max_tiles)
         self.pool = VerifierPool(workers=grpo.verifier.workers, timeout_s=grpo.verifier.timeout_s)
@@ -162,7 +157,19 @@ class GrpoLoop:
         self.grpo = grpo
         self.trainer = PolicyTrainer(recipe, settings)
         self.rank = dist.get_rank()
-        self.rollouts = Rollouts(grpo) if self.rank == 0 else None
+        self.rollouts, error = None, None
+        if self.rank == 0:
+            try:
+                self.rollouts = Rollouts(grpo)
+            except Exception as exc:  # every rank must learn it, or the others wait in the first sync
+                error = exc
+        failed = self._broadcast(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if failed:
+            from sophia_common.cli import UserError
+
+            raise UserError(f"rank 0 could not start the generator side: {failed}")
         seconds = self.sync(include_vision=True)
         log.info("generator holds the trainer's weights (step %d; sync %.2f s)", self.trainer.step, seconds)
 
@@ -300,6 +307,11 @@ def run_grpo(config: str | None, overrides: list[str]) -> list[dict[str, Any]]:
     from sophia_tools.grpo.config import grpo_train_recipe, load_grpo
 
     grpo = load_grpo(config, overrides)
+    if grpo.generator.engine != "transformers":  # checked on every rank, before any collective
+        from sophia_common.cli import UserError
+
+        raise UserError("grpo.generator.engine: only 'transformers' is implemented for GRPO so far (vLLM "
+                        "generation with weight sync into vLLM is planned, see docs/GRPO.md)")
     # GRPO's data are grpo.questions; the SOPHIA packed dataset (data.path) is not read.
     overrides = [*overrides, f"data.path={Path(grpo.questions).resolve().parent}"]
     recipe = grpo_train_recipe(load_train_recipe(config, overrides), grpo)

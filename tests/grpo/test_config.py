@@ -36,3 +36,22 @@ def test_bad_input_names_the_key(tmp_path):
         load_grpo(None, ["grpo.questions=q", "grpo.generator.model=m", "grpo.rollouts_per_question=1"])
     with pytest.raises(ConfigError, match="grpo.questions is not set"):
         load_grpo(None, ["grpo.generator.model=m"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "grpo.questions is not set"),
+    (["grpo.questions=q.jsonl", "grpo.generator.engine=vllm"], "only 'transformers' is implemented"),
+])
+def test_sophia_train_grpo_refuses_with_one_line(tmp_path, extra, message):
+    import subprocess
+    import sys
+
+    from tests.multirank import subprocess_env
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"mcore_dir": str(tmp_path)}, "train": {"mode": "grpo"},
+                                      "grpo": {"generator": {"model": str(tmp_path)}}}))
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.train_cli", "--config", str(recipe), *extra],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().count("\n") == 0  # one line, no traceback
