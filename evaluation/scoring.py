@@ -16,6 +16,10 @@ answers (MMMU's open questions) count as correct when any one matches. A request
 model that fails gives no verdict (``None``): the run reports it as missing and the next run
 retries it. ``fingerprint(question)`` names the scorer settings a verdict was made under, so a
 verdict is reused only under the same settings.
+
+The LLM judge is the project's one generative judge, ``rollout.verifier.judge.GenerativeJudge``
+(request, ``Judgement: 0/1`` parsing, in-run cache), given this judge prompt and its placeholders;
+prompts are filled and the extractor asked with the same module's ``fill_prompt`` and ``ask_greedy``.
 """
 
 from __future__ import annotations
@@ -31,10 +35,9 @@ from evaluation.config import EvalConfig
 from evaluation.formats import Question
 from rollout.prompts import resolve_prompt_path
 from rollout.verifier import VerifierPool, extract_answer
-from sophia_common.cli import UserError
+from rollout.verifier.judge import GenerativeJudge, JudgeSettings, ask_greedy, fill_prompt, read_template
 
 _EXTRACTED = re.compile(r"extracted\s+answer\s*[:：]\s*(?P<answer>.*)", re.IGNORECASE | re.DOTALL)
-_JUDGEMENT = re.compile(r"judge?ment\s*[:：]\s*\**\s*(?P<verdict>[01])", re.IGNORECASE)
 _NO_ANSWER = {"", "none", "null", "n/a", "no answer"}
 
 
@@ -53,22 +56,11 @@ class Item:
     truncated: bool
 
 
-def fill(template: str, values: dict[str, str]) -> str:
-    """``{name}`` placeholders replaced in one pass (values may contain braces, e.g. LaTeX)."""
-    pattern = re.compile("|".join(re.escape("{" + name + "}") for name in values))
-    return pattern.sub(lambda match: values[match.group()[1:-1]], template)
+fill = fill_prompt  # ``{name}`` placeholders replaced in one pass (values may contain braces, e.g. LaTeX)
 
 
 def _read_prompt(value: str, recipe_dir: Path | None, key: str, placeholders: Sequence[str]) -> str:
-    path = resolve_prompt_path(value, recipe_dir)
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise UserError(f"eval.{key}: cannot read {path} ({exc.strerror or exc})") from exc
-    absent = [name for name in placeholders if "{" + name + "}" not in text]
-    if absent:
-        raise UserError(f"eval.{key}: {path} lacks the placeholder(s) {', '.join('{' + a + '}' for a in absent)}")
-    return text
+    return read_template(resolve_prompt_path(value, recipe_dir), f"eval.{key}", placeholders).strip()
 
 
 class Scorer:
@@ -88,6 +80,14 @@ class Scorer:
             self.client = OpenAIClient(llm.base_url, model=llm.model, timeout_s=llm.timeout_s,
                                        concurrency=llm.concurrency)
         self.pool = VerifierPool(workers=config.verifier.workers, timeout_s=config.verifier.timeout_s)
+        self.judge = None
+        if config.judge == "llm":
+            llm = config.llm
+            self.judge = GenerativeJudge(JudgeSettings(base_url=llm.base_url, model=llm.model,
+                                                       max_tokens=llm.max_tokens, timeout_s=llm.timeout_s,
+                                                       concurrency=llm.concurrency),
+                                         self.client, template=self.judge_prompt,
+                                         placeholders=("question", "answer", "extracted"))
 
     def __enter__(self) -> Scorer:
         return self
@@ -150,14 +150,13 @@ class Scorer:
                                             "answer": " or ".join(item.question.answers), "extracted": answer})
                    for item, answer in zip(items, extracted, strict=True)]
         verdicts: list[Verdict | None] = []
-        for item, answer, text in zip(items, extracted, self._ask(prompts), strict=True):
-            if text is None:
+        for item, answer, judgement in zip(items, extracted, self.judge.judgements(prompts) if prompts else [],
+                                           strict=True):
+            if judgement.outcome == "failed":
                 verdicts.append(None)
                 continue
-            match = list(_JUDGEMENT.finditer(text))
-            verdict = match[-1].group("verdict") if match else text.strip()[:1]
-            reason = "judge" if verdict in ("0", "1") else "judge_unparsable"
-            verdicts.append(Verdict(answer, verdict == "1", reason, self.method(item.question)))
+            reason = "judge_unparsable" if judgement.correct is None else "judge"
+            verdicts.append(Verdict(answer, bool(judgement.correct), reason, self.method(item.question)))
         return verdicts
 
     def _verify(self, items: list[Item], extracted: list[str]) -> list[Verdict]:
@@ -179,11 +178,7 @@ class Scorer:
 
     def _ask(self, prompts: list[str]) -> list[str | None]:
         """Greedy answers of the served model; None where the request failed (retried next run)."""
-        if not prompts:
-            return []
-        results = self.client.chat([[{"role": "user", "content": prompt}] for prompt in prompts], n=1,
-                                   max_tokens=self.config.llm.max_tokens, temperature=0.0, top_p=1.0)
-        return [result[0].text if isinstance(result, list) and result else None for result in results]
+        return ask_greedy(self.client, prompts, max_tokens=self.config.llm.max_tokens)
 
 
 _FAILED = object()

@@ -311,7 +311,9 @@ sophia_serve_command() {
   local cmd
   read -r -a cmd <<<"${VLLM_CMD:-$PYTHON -m vllm.entrypoints.openai.api_server --model}"
   cmd+=("$MODEL" --host 0.0.0.0 --port "$PORT" --tensor-parallel-size "$TP" --pipeline-parallel-size "$PP"
-    --dtype "$SERVE_DTYPE" --seed "$SERVE_SEED")
+    --dtype "$SERVE_DTYPE" --seed "$SERVE_SEED" --generation-config vllm)
+  # (--generation-config vllm: the recipe's sampling settings only, not the checkpoint's defaults,
+  # so a served request samples as the in-process engine would)
   [[ -n $MAX_MODEL_LEN ]] && cmd+=(--max-model-len "$MAX_MODEL_LEN")
   [[ -n $SERVE_MAX_NUM_SEQS ]] && cmd+=(--max-num-seqs "$SERVE_MAX_NUM_SEQS")
   [[ -n $SERVE_GPU_MEMORY ]] && cmd+=(--gpu-memory-utilization "$SERVE_GPU_MEMORY")

@@ -50,11 +50,55 @@ class ReasonerConfig:
 
 @dataclass
 class VerifierConfig:
+    """Rule verification of answers in killable worker processes (rollout, evaluation, GRPO)."""
+
     timeout_s: float = doc("hard time limit of one symbolic check (seconds); a timeout scores 0", 5.0)
     workers: int = doc("verifier worker processes", 1)
     unfinished_think: Literal["zero", "score"] = doc(
         "a trajectory that opens a <think> block (itself, or through the reasoner's chat template) and "
         "never closes it: 'zero' scores it 0 with reason unfinished_think; 'score' verifies it as is", "zero")
+
+
+@dataclass
+class JudgeConfig:
+    """The optional generative judge: a served instruction model re-judges rule-negative answers."""
+
+    enabled: bool = doc("ask the judge about answers the rules found wrong where they could have missed "
+                        "(mismatch, unparsable, no_answer, too_long, timeout); off: rules only", False)
+    model: str = doc("the served model's name (vllm serve NAME), e.g. Qwen/Qwen2.5-72B-Instruct; recorded "
+                     "with the prompt's hash in the scores table's provenance", "")
+    base_url: str = doc("the judge server, http://HOST:PORT (a trailing /v1 is fine)", "")
+    endpoint_file: str = doc("a file holding the judge server's URL, written by launchers/serve.sh (used when "
+                             "base_url is empty)", "")
+    wait_for_server_s: float = doc("how long to wait at start for endpoint_file; 0: fail at once", 0.0)
+    api_key_env: str = doc("environment variable holding the server's API key; empty: no key", "")
+    prompt: str = doc("judge prompt file with {answer} and {response} (also {question}, {extracted}); "
+                      "relative to the working directory", "prompts/judge.txt")
+    endpoint: Literal["chat", "completions"] = doc(
+        "chat (the server applies the model's chat template) or completions (the prompt as is)", "chat")
+    max_tokens: int = doc("most tokens of one verdict (the reply is 'Judgement: 1' or 'Judgement: 0')", 16)
+    timeout_s: float = doc("most seconds to wait for one verdict", 120.0)
+    retries: int = doc("retries of a request after a connection error, timeout, 429 or 5xx", 2)
+    concurrency: int = doc("requests in flight at once", 8)
+    on_error: Literal["fail", "rules"] = doc(
+        "a judge server that does not answer: fail (stop the stage, naming the URL) or rules (the rule "
+        "verdicts stand, counted as judge_unreachable)", "fail")
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.max_tokens < 1 or self.retries < 0 or self.timeout_s <= 0:
+            raise ValueError("need concurrency >= 1, max_tokens >= 1, retries >= 0 and timeout_s > 0")
+        if self.enabled and not self.model:
+            raise ValueError("enabled: set model, the served judge model's name (its identity in the store)")
+        if self.enabled and not (self.base_url or self.endpoint_file):
+            raise ValueError("enabled: set base_url (http://HOST:PORT) or endpoint_file")
+
+
+@dataclass
+class RolloutVerifierConfig(VerifierConfig):
+    """Answer verification of the score stage: the rules, and optionally a generative judge after them."""
+
+    judge: JudgeConfig = doc("optional generative judge of rule-negative answers (off by default)",
+                             default_factory=JudgeConfig)
 
 
 @dataclass
@@ -72,7 +116,7 @@ class RolloutConfig:
     ablation: Ablation = doc("none | random | no_caption_reward | no_shortest (random: keep_k trajectories "
                              "drawn among those that finished, rewards ignored)", "none")
     seed: int = doc("seed of the random ablations' draws", 0)
-    verifier: VerifierConfig = doc("answer verification", default_factory=VerifierConfig)
+    verifier: RolloutVerifierConfig = doc("answer verification", default_factory=RolloutVerifierConfig)
     batch_size: int = doc("requests per engine call and per stored shard (images, captions, questions)", 64)
     selected_out: str = doc("export of the selected samples (.parquet or .jsonl); empty: "
                             "STORE_DIR/selected.parquet", "")

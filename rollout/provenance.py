@@ -3,7 +3,8 @@
 What: ``caption_provenance`` / ``reason_provenance`` / ``score_provenance`` / ``select_provenance``
 describe what a stage's table depends on: the model (path and ``weights_fingerprint``), the
 engine, dtype and sampling settings, a sha256 of the prompt text, K and N, the settings of
-verification and selection, and the provenance digest of the table it was computed from.
+verification (with the generative judge's served model and prompt hash when it is on) and
+selection, and the provenance digest of the table it was computed from.
 ``rollout.store`` records that description in the table's ``_table.json`` with the first write and
 refuses a later run whose description differs (``provenance_changes`` names each setting that
 changed). The ``path`` of a model and the ``engine`` are recorded and shown, not compared
@@ -152,10 +153,13 @@ def reason_provenance(config: Any, reasoning_prompt: str, captions: Mapping[str,
             "captions": provenance_digest(captions)}
 
 
-def score_provenance(config: Any, trajectories: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``scores`` table: the verification settings and the trajectories they scored."""
+def score_provenance(config: Any, trajectories: Mapping[str, Any] | None,
+                     judge: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``scores`` table: the verification settings, the generative judge (served model, prompt hash,
+    endpoint; None when off) and the trajectories they scored."""
     return {"stage": "score", "verifier_timeout_s": config.verifier.timeout_s,
-            "unfinished_think": config.verifier.unfinished_think, "trajectories": provenance_digest(trajectories)}
+            "unfinished_think": config.verifier.unfinished_think, "judge": judge,
+            "trajectories": provenance_digest(trajectories)}
 
 
 def select_provenance(config: Any, scores: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -11,8 +11,11 @@ yet, and processes them in batches of ``rollout.batch_size`` requests, writing o
   after the other, never together. Table ``trajectories`` keyed (id, k, n): text, num_tokens,
   finish_reason (``length`` = cut at max_tokens), route.
 * ``score_stage`` — Eq. 4 through ``VerifierPool`` (the code path of ``sophia-rollout check``),
-  a truncated trajectory scores 0 with reason ``truncated``; Eq. 5 per caption. Table ``scores``
-  keyed (id, k, n): correct, extracted, reason, truncated, caption_reward, num_tokens.
+  a truncated trajectory scores 0 with reason ``truncated``; with ``rollout.verifier.judge`` on, rule
+  negatives the rules could have missed are re-judged by a served model (reason ``judge`` when it
+  overturns them; verdicts cached in ``STORE/judge_verdicts.jsonl``; ``judge_*`` counts in the
+  report); Eq. 5 per caption. Table ``scores`` keyed (id, k, n): correct, extracted, reason,
+  truncated, caption_reward, num_tokens.
 * ``select_stage`` — Eq. 6 or an ablation (``rollout.rewards``) per question. Table ``selected``
   keyed (id, k, n) holds the sample records the packer needs; table ``decisions`` keyed (id) records
   that a question was decided (also when nothing was selected) and under which settings.
@@ -132,7 +135,9 @@ class RolloutRun:
         if table == TRAJECTORIES:
             return reason_provenance(config, self.prompts.simulated_seeing, recorded(CAPTIONS))
         if table == SCORES:
-            return score_provenance(config, recorded(TRAJECTORIES))
+            from rollout.verifier.judge import judge_identity
+
+            return score_provenance(config, recorded(TRAJECTORIES), judge_identity(_judge_config(config)))
         return select_provenance(config, recorded(SCORES))
 
     def checked_table(self, table: str, *, write: bool) -> Table:
@@ -359,6 +364,7 @@ def _reason_with(run: RolloutRun, engine: Engine, config: EngineConfig, route: s
 def score_stage(run: RolloutRun) -> StageReport:
     """Outcome rewards (Eq. 4) of every trajectory and the reward of its caption (Eq. 5)."""
     from rollout.verifier import VerifierPool
+    from rollout.verifier.judge import open_judge
 
     started, rows_by_id = time.perf_counter(), run.rows_by_id()
     run.input_table(TRAJECTORIES, REASON)
@@ -377,15 +383,24 @@ def score_stage(run: RolloutRun) -> StageReport:
         verifier = run.config.verifier
         opens_think = {route: config is not None and chat_template_opens_think(config.model)
                        for route, config in _routes(run)}
+        judge = open_judge(_judge_config(run.config), run.store.root)
         with VerifierPool(workers=verifier.workers, timeout_s=verifier.timeout_s) as pool:
             for batch in chunks(pending, run.config.batch_size):
                 rows = _score_captions([by_caption[caption] for caption in batch], rows_by_id, pool,
-                                       _ThinkRule(verifier.unfinished_think, opens_think))
+                                       _ThinkRule(verifier.unfinished_think, opens_think), judge)
                 rows = [row for row in rows if (row["id"], row["k"], row["n"]) not in scored]
                 scores.write(as_arrow(rows, SCORES))
                 report.written += len(rows)
+        if judge is not None:
+            report.extra.update(judge.report())
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _judge_config(config: RolloutConfig) -> Any:
+    """``rollout.verifier.judge`` when it is on (a plain ``VerifierConfig`` has none), else None."""
+    judge = getattr(config.verifier, "judge", None)
+    return judge if judge is not None and judge.enabled else None
 
 
 @dataclass(frozen=True)
@@ -407,17 +422,27 @@ class _ThinkRule:
 
 
 def _score_captions(groups: list[list[dict]], rows_by_id: dict[str, InputRow], pool: Any,
-                    think: _ThinkRule) -> list[dict]:
+                    think: _ThinkRule, judge: Any = None) -> list[dict]:
+    """Score rows of whole caption groups; with the judge, rule negatives re-judged (reason ``judge``).
+    A group with a failed judge request is left out under ``on_error: fail`` (the next run asks again)."""
     from rollout.rewards import caption_reward
 
     flat = [trajectory for group in groups for trajectory in group]
     items = [{"response": think.response(t), "answer": rows_by_id[t["id"]].answer,
-              "choices": rows_by_id[t["id"]].extra.get("choices"),
+              "choices": rows_by_id[t["id"]].extra.get("choices"), "question": rows_by_id[t["id"]].question,
               "truncated": t["finish_reason"] == FINISH_LENGTH} for t in flat]
-    results = iter(pool.verify_batch(items))
+    verified = pool.verify_batch(items)
+    withheld: set[tuple[str, int]] = set()
+    if judge is not None:
+        verified = judge.rejudge(items, verified)
+        if judge.settings.on_error == "fail":
+            withheld = {(flat[index]["id"], flat[index]["k"]) for index in judge.last_failed}
+    results = iter(verified)
     rows = []
     for group in groups:
         verdicts = [next(results) for _ in group]
+        if (group[0]["id"], group[0]["k"]) in withheld:
+            continue
         reward = caption_reward([verdict.correct for verdict in verdicts])
         rows += [{"id": t["id"], "k": t["k"], "n": t["n"], "correct": verdict.correct,
                   "extracted": verdict.extracted, "reason": verdict.reason,

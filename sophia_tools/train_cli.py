@@ -82,7 +82,7 @@ def train(args: argparse.Namespace, overrides: list[str]) -> int:
     from sophia_tools.grpo.loop import grpo_requested, main_grpo  # train.mode=grpo: the GRPO loop
 
     if not args.dry_run and grpo_requested(args.config, overrides):
-        return main_grpo(args, overrides)
+        return main_grpo(args, overrides, launch_local=launch_local, under_launcher=under_launcher())
     recipe = load_train_recipe(args.config, overrides)
     if args.dry_run:
         from sophia_megatron.plan import dry_run

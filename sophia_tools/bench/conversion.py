@@ -3,7 +3,8 @@
 Synthesises a transformers-native InternVL checkpoint with InternVL3-38B tensor shapes at
 reduced depth (the full 151,674 x 5,120 embedding and LM head, InternViT-6B layers,
 Qwen2.5-32B layers), converts it to TP=8 PP=2 in a child process (so its peak RSS is its
-own), and copies the same shards with a plain file copy in the same run as the baseline.
+own), and copies the same shards with a plain file copy in the same run as the baseline (before
+and after the conversion, averaged). Both sides are timed until their output is flushed to disk.
 ``--depths 2,4`` runs two depths to show that peak memory does not grow with the model.
 ``--preset small`` uses narrow tensors so CI can run the whole path in seconds.
 
@@ -74,18 +75,36 @@ def synthesise(directory: Path, config: dict[str, Any], dtype: str) -> int:
     return total
 
 
+def fsync_tree(directory: Path) -> None:
+    """Flush every file under ``directory`` to disk, so the timing includes writing it, not just caching it."""
+    import os
+
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def plain_copy(source: Path, dest: Path) -> float:
+    """Seconds to copy the shards and flush the copies (the same durability the conversion is timed with)."""
+    import os
+
+    os.sync()  # start with no dirty pages of earlier steps pending
     dest.mkdir()
     start = time.perf_counter()
     for shard in sorted(source.glob("*.safetensors")):
         shutil.copyfile(shard, dest / shard.name)
+    fsync_tree(dest)
     return time.perf_counter() - start
 
 
 def convert_in_child(source: Path, out: Path, tp: int, pp: int) -> tuple[float, int]:
-    """(seconds, peak RSS bytes) of ``hf_to_mcore`` run in its own process."""
-    code = ("import sys, time, resource; from conversion.convert import hf_to_mcore; t=time.perf_counter(); "
-            f"hf_to_mcore({str(source)!r}, {str(out)!r}, tp={tp}, pp={pp}); "
+    """(seconds, peak RSS bytes) of ``hf_to_mcore`` run in its own process, its output flushed to disk."""
+    code = ("import os, sys, time, resource; from pathlib import Path; from conversion.convert import hf_to_mcore; "
+            "from sophia_tools.bench.conversion import fsync_tree; os.sync(); t=time.perf_counter(); "
+            f"hf_to_mcore({str(source)!r}, {str(out)!r}, tp={tp}, pp={pp}); fsync_tree(Path({str(out)!r})); "
             "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**__import__("os").environ, "SOPHIA_LOG_LEVEL": "WARNING"})
@@ -97,15 +116,22 @@ def run_depth(workdir: Path, preset: dict[str, Any], depth: int, tp: int, pp: in
     source = workdir / f"hf_{depth}"
     config = synth_config(preset, lm_layers=depth, vit_layers=max(1, depth // 2))
     data_bytes = synthesise(source, config, preset["dtype"])
-    copy_seconds = plain_copy(source, workdir / f"copy_{depth}")
+    # The copy runs before and after the conversion (baseline: their mean), so neither side is
+    # favoured by a source still in the page cache or by the other's writes still being flushed.
+    copy_before = plain_copy(source, workdir / f"copy_{depth}")
+    shutil.rmtree(workdir / f"copy_{depth}")
     seconds, rss = convert_in_child(source, workdir / f"mcore_{depth}", tp, pp)
+    copy_after = plain_copy(source, workdir / f"copy_{depth}")
+    copy_seconds = (copy_before + copy_after) / 2
     written = sum(f.stat().st_size for f in (workdir / f"mcore_{depth}").rglob("*.pt"))
     largest = max(f.stat().st_size for f in source.glob("*.safetensors"))
     for path in (source, workdir / f"copy_{depth}", workdir / f"mcore_{depth}"):
         shutil.rmtree(path)
     return {"lm_layers": depth, "vit_layers": max(1, depth // 2), "bytes": data_bytes, "bytes_written": written,
             "seconds": round(seconds, 3), "gb_per_s": round(data_bytes / seconds / 1e9, 3),
-            "copy_seconds": round(copy_seconds, 3), "copy_gb_per_s": round(data_bytes / copy_seconds / 1e9, 3),
+            "copy_seconds": round(copy_seconds, 3), "copy_seconds_before_after": [round(copy_before, 3),
+                                                                                round(copy_after, 3)],
+            "copy_gb_per_s": round(data_bytes / copy_seconds / 1e9, 3),
             "ratio_vs_copy": round(copy_seconds / seconds, 3), "peak_rss_bytes": rss,
             "largest_shard_bytes": largest}
 

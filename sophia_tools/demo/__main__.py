@@ -185,7 +185,7 @@ def heldout_command(demo: Demo, model: Path, out: Path, seed: int) -> list[str]:
     return [demo.python, "-m", "sophia_tools.demo.heldout", "--model", str(model), "--questions",
             str(demo.path("task", "eval_inputs.jsonl")), "--out", str(out), "--seed", str(seed),
             f"eval.policy.max_tokens={s.answer_max_tokens}", f"eval.policy.temperature={s.eval_temperature}",
-            f"eval.policy.top_p={s.eval_top_p}"]
+            f"eval.policy.top_p={s.eval_top_p}", "eval.batch_size=64"]
 
 
 def stage_evaluate(demo: Demo) -> dict[str, Any]:

@@ -45,10 +45,11 @@ def plain_torch_factories() -> Iterator[None]:
 
     On a CPU host the trainer activates ``sophia_megatron.cpu_compat`` in the same process, which
     replaces ``torch.tensor`` & co. with Python wrappers (``functools.wraps``, so the original is
-    ``__wrapped__``). With any Python wrapper around ``torch.tensor`` (even a pass-through one),
-    transformers 5.19's ``generate`` samples different, broken text (seen on the tiny InternVL:
-    "The answer}." instead of "The answer is \\boxed{red}."); the root cause is not known yet.
-    Generation therefore runs with the original factories; nothing else runs meanwhile.
+    ``__wrapped__``). A transformers 5.19 InternVL loaded by ``from_pretrained`` while any Python
+    wrapper replaces ``torch.tensor`` (even a pass-through one) generates broken text (the tiny
+    InternVL: "The answer}." instead of "The answer is \\boxed{red}."); loading and sampling
+    with the original factories gives the same text as a process without Megatron. The exact
+    transformers code path is not pinned down yet. Nothing else runs meanwhile (one thread).
     """
     import torch
 

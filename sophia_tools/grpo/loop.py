@@ -279,13 +279,12 @@ def grpo_requested(config: str | None, overrides: list[str]) -> bool:
     return (read_recipe(config, overrides).get("train") or {}).get("mode") == "grpo"
 
 
-def main_grpo(args: Any, overrides: list[str]) -> int:
-    """``sophia-train`` in GRPO mode: start the ranks here when not under a launcher, else run this rank."""
+def main_grpo(args: Any, overrides: list[str], *, launch_local: Any, under_launcher: bool) -> int:
+    """``sophia-train`` in GRPO mode: start the ranks here (``launch_local``, sophia-train's) when not
+    under a launcher, else run this rank."""
     import sys
 
-    from sophia_tools.train_cli import launch_local, under_launcher
-
-    if not under_launcher():
+    if not under_launcher:
         from sophia_common.config import read_recipe
 
         parallel = read_recipe(args.config, overrides).get("parallel") or {}

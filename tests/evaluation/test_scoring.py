@@ -58,6 +58,10 @@ class _StandInJudge(BaseHTTPRequestHandler):
             reference = re.search(r"Reference answer: (.*)", real).group(1).split(" or ")
             student = re.search(r"Student's answer: (.*)", real).group(1).strip()
             text = f"The student wrote {student}.\nJudgement: {int(student in reference)}"
+            if student == "7":
+                text = "I cannot tell."
+            elif student == "6":
+                text = "判断 Judgement：1"  # a full-width colon
         self._send(200, {"choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}],
                          "usage": {"completion_tokens": 5}})
 
@@ -117,3 +121,16 @@ def test_llm_scoring_needs_a_server():
 def test_fill_keeps_braces_of_values():
     assert fill("Q: {question} R: {response}", {"question": "{response}", "response": "\\frac{1}{2}"}) == \
         "Q: {response} R: \\frac{1}{2}"
+
+
+def test_the_llm_judge_is_the_rollout_judge(judge_url):
+    """The evaluation judges through ``rollout.verifier.judge`` (one parser for both): an unreadable reply is
+    ``judge_unparsable`` (scored wrong), a full-width colon is read; bug caught: a second parser drifting."""
+    from rollout.verifier.judge import GenerativeJudge
+
+    config = EvalConfig(extract="llm", judge="llm", llm=LLMScorerConfig(base_url=judge_url))
+    items = [Item(question(judged=True), "\\boxed{7}", False), Item(question(judged=True), "\\boxed{6}", False)]
+    with Scorer(config) as scorer:
+        assert isinstance(scorer.judge, GenerativeJudge)
+        verdicts = scorer.score(items)
+    assert [(v.correct, v.reason) for v in verdicts] == [(False, "judge_unparsable"), (True, "judge")]

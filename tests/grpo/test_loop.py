@@ -94,6 +94,7 @@ def test_tp2_and_pp2_losses_match_tp1_on_the_same_rollouts(reference, warm_polic
                                           str(warm_policy["hf"])])
         report = json.loads(out.read_text())
         assert report["sync_exact_at_start"], f"{name}: the weight sync does not give back the HF checkpoint"
+        assert report["vision_unchanged"], f"{name}: the frozen vision tower or projector moved"
         results[name] = report["steps"]
         weights[name] = torch.load(str(out) + ".weights.pt")
     trained = [h for h in steps(reference) if not h["skipped"]]

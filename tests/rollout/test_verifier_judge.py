@@ -143,7 +143,7 @@ def test_a_server_that_is_down_is_a_clear_error_or_leaves_the_rules(rule_results
     down = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(UserError, match="127.0.0.1"):
         GenerativeJudge(_settings(down, model="judge-model")).rejudge(ITEMS, rule_results)
-    judge = GenerativeJudge(_settings(down, model="judge-model", on_unreachable="rules"))
+    judge = GenerativeJudge(_settings(down, model="judge-model", on_error="rules"))
     assert judge.rejudge(ITEMS, rule_results) == list(rule_results)
     assert judge.stats["unreachable"] >= 1
 
@@ -187,7 +187,16 @@ def test_a_real_vllm_server_judges_and_a_cached_rerun_needs_no_server(tiny_root,
     assert len(rows) == stats["judged"] and all(row["judge"] == name for row in rows)
     # the server is gone: judged items come from the cache, the others keep the rules' verdict
     rerun = GenerativeJudge(JudgeSettings(base_url=server.base_url, model=name.split("@")[0], prompt_file=PROMPT,
-                                          endpoint="completions", cache_path=str(cache), on_unreachable="rules",
+                                          endpoint="completions", cache_path=str(cache), on_error="rules",
                                           timeout_s=5, retries=0))
     assert rerun.rejudge(items, results) == first
     assert rerun.stats["cached"] == stats["judged"] and rerun.stats["unreachable"] == 2 - stats["judged"]
+
+
+def test_a_response_holding_a_placeholder_is_kept_as_written():
+    """Bug caught: placeholders filled one after the other, so a response containing ``{extracted}`` or
+    ``{answer}`` had the gold or the extraction pasted into it."""
+    judge = GenerativeJudge(JudgeSettings(base_url="http://127.0.0.1:9", prompt_file=PROMPT))
+    text = judge.prompt({"response": "I write {extracted} and {answer} here: \\boxed{5}", "answer": "6"},
+                        Result(False, "5", "mismatch"))
+    assert "I write {extracted} and {answer} here" in text and "Reference answer: 6\n" in text

@@ -5,8 +5,9 @@
 Every step's kept samples come from ``ROLLOUT_DIR/step_*.jsonl`` (written by the GRPO loop), so every
 layout trains on the very same rollouts (with the loop's settings of tests/grpo/conftest.py, in several
 micro-batches per step); rank 0 writes the per-step metrics to OUT.json, whether the weight sync at
-this layout gave exactly the HF checkpoint (HF_DIR) before training, and the synced weights after
-training to OUT.json.weights.pt.
+this layout gave exactly the HF checkpoint (HF_DIR) before training, whether the vision tower and
+projector are still exactly the checkpoint's after training, and the synced weights after training
+to OUT.json.weights.pt.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def main() -> None:
         source = {normalize_hf_name(k): v for k, v in iter_checkpoint_tensors(hf_dir)}
         exact = set(before) == set(source) and all(torch.equal(before[k], source[k].float()) for k in source)
         torch.save(after, out + ".weights.pt")
-        Path(out).write_text(json.dumps({"steps": history, "sync_exact_at_start": exact}))
+        frozen = [k for k in source if k.startswith(("vision_tower.", "multi_modal_projector."))]
+        vision_unchanged = bool(frozen) and all(torch.equal(after[k], source[k].float()) for k in frozen)
+        Path(out).write_text(json.dumps({"steps": history, "sync_exact_at_start": exact,
+                                         "vision_unchanged": vision_unchanged}))
     destroy_parallel()
 
 
