@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,18 +173,33 @@ def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_d
                                                _rank_skeleton(model_specs))
     total = sum(spec.nbytes for model_specs in specs.values() for spec in model_specs.values())
     written = 0
-    with progress(total=total, unit="B", unit_scale=True, desc="hf-to-mcore") as bar:
-        for row in rows:
+    # One writer thread (the zip writer releases the GIL) overlaps writing row k with reading and
+    # cutting row k + 1; waiting for row k - 1 before going on keeps at most two rows in memory.
+    with progress(total=total, unit="B", unit_scale=True, desc="hf-to-mcore") as bar, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophia-write") as pool:
+        previous: list[tuple[Future, int]] = []
+        for index, row in enumerate(rows):
+            if index + 1 < len(rows):
+                ckpt.prefetch(list(rows[index + 1].hf))
             sharder = RowSharder(row.transform, [ckpt.get(h) for h in row.hf],
                                  tp_mapping(row.megatron, gated_mlp=True), layout.tp)
+            current = []
             for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
                 for tp_rank in writer_ranks(row.megatron, layout):
                     piece = sharder.piece(tp_rank)
-                    writers[(tp_rank, pp_rank)].write(f"model/{local}", piece)
-                    written += piece.numel() * piece.element_size()
-                    bar.update(piece.numel() * piece.element_size())
+                    current.append((pool.submit(writers[(tp_rank, pp_rank)].write, f"model/{local}", piece),
+                                    piece.numel() * piece.element_size()))
                     del piece
             del sharder
+            for future, nbytes in previous:
+                future.result()
+                written += nbytes
+                bar.update(nbytes)
+            previous = current
+        for future, nbytes in previous:
+            future.result()
+            written += nbytes
+            bar.update(nbytes)
     for writer in writers.values():
         writer.close()
     return written

@@ -70,6 +70,16 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
     return {name: (_DTYPES.get(v["dtype"], v["dtype"]), tuple(v["shape"])) for name, v in header.items()}
 
 
+def data_ranges(path: Path) -> dict[str, tuple[int, int]]:
+    """``name -> (start, stop)`` byte range of each tensor's data in a (validated) safetensors file."""
+    with path.open("rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    return {name: (8 + header_len + int(v["data_offsets"][0]), 8 + header_len + int(v["data_offsets"][1]))
+            for name, v in header.items()}
+
+
 def shard_map(directory: Path) -> dict[str, str]:
     """Tensor name -> shard file name, from the index or the single ``model.safetensors``."""
     index = directory / "model.safetensors.index.json"
@@ -113,6 +123,7 @@ class HFCheckpoint:
                          for shard in dict.fromkeys(self.weight_map.values())}
         self._sources = self._index_sources()
         self._cache: tuple[str, dict[str, Any]] | None = None
+        self._ranges: dict[str, dict[str, tuple[int, int]]] = {}
 
     def source_spec(self, name: str) -> tuple[str, tuple[int, ...]]:
         shard = self.weight_map[name]
@@ -164,6 +175,27 @@ class HFCheckpoint:
         pieces = dict(original_to_hf([(source, tensor)], self.config))
         self._cache = (source, pieces)
         return pieces[hf_name]
+
+    def prefetch(self, hf_names: list[str]) -> None:
+        """Ask the kernel to start reading these tensors' bytes now (asynchronous readahead; a hint only).
+
+        The converter calls it for the next row while it cuts and writes the current one, so the
+        disk reads overlap the work instead of stalling the first touch of each tensor.
+        """
+        import os
+
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for source in dict.fromkeys(self._sources[n][0] for n in hf_names if n in self._sources):
+            shard = self.weight_map[source]
+            if shard not in self._ranges:
+                self._ranges[shard] = data_ranges(self.directory / shard)
+            start, stop = self._ranges[shard][source]
+            fd = os.open(self.directory / shard, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
     def aux_files(self) -> list[Path]:
         """Everything but the weights: configs, tokenizer, chat template, remote code (copied, never run)."""

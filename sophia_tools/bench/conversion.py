@@ -4,7 +4,8 @@ Synthesises a transformers-native InternVL checkpoint with InternVL3-38B tensor 
 reduced depth (the full 151,674 x 5,120 embedding and LM head, InternViT-6B layers,
 Qwen2.5-32B layers), converts it to TP=8 PP=2 in a child process (so its peak RSS is its
 own), and copies the same shards with a plain file copy in the same run as the baseline (before
-and after the conversion, averaged). Both sides are timed until their output is flushed to disk.
+and after the conversion, averaged). Both sides start with the source evicted from the page cache
+and are timed until their output is flushed to disk.
 ``--depths 2,4`` runs two depths to show that peak memory does not grow with the model.
 ``--preset small`` uses narrow tensors so CI can run the whole path in seconds.
 
@@ -87,11 +88,24 @@ def fsync_tree(directory: Path) -> None:
             os.close(fd)
 
 
+def evict(directory: Path) -> None:
+    """Drop ``directory``'s files from the page cache, so every timed step reads its source from disk."""
+    import os
+
+    os.sync()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def plain_copy(source: Path, dest: Path) -> float:
     """Seconds to copy the shards and flush the copies (the same durability the conversion is timed with)."""
     import os
 
-    os.sync()  # start with no dirty pages of earlier steps pending
+    evict(source)  # a cold source, and no dirty pages of earlier steps pending
     dest.mkdir()
     start = time.perf_counter()
     for shard in sorted(source.glob("*.safetensors")):
@@ -103,7 +117,8 @@ def plain_copy(source: Path, dest: Path) -> float:
 def convert_in_child(source: Path, out: Path, tp: int, pp: int) -> tuple[float, int]:
     """(seconds, peak RSS bytes) of ``hf_to_mcore`` run in its own process, its output flushed to disk."""
     code = ("import os, sys, time, resource; from pathlib import Path; from conversion.convert import hf_to_mcore; "
-            "from sophia_tools.bench.conversion import fsync_tree; os.sync(); t=time.perf_counter(); "
+            "from sophia_tools.bench.conversion import evict, fsync_tree; "
+            f"evict(Path({str(source)!r})); t=time.perf_counter(); "
             f"hf_to_mcore({str(source)!r}, {str(out)!r}, tp={tp}, pp={pp}); fsync_tree(Path({str(out)!r})); "
             "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
