@@ -163,6 +163,29 @@ def _rank_skeleton(model_specs: dict[str, TensorSpec]) -> dict[str, Any]:
     return {"model": model_specs, "checkpoint_version": CHECKPOINT_VERSION, "iteration": 0}
 
 
+class ReadAhead:
+    """Keeps the kernel reading the source about ``window`` bytes ahead of the row being converted."""
+
+    def __init__(self, ckpt: HFCheckpoint, rows: list[Row], window: int = 1 << 30) -> None:
+        self.ckpt, self.rows, self.window = ckpt, rows, window
+        self.sizes = [sum(_nbytes(ckpt, h) for h in row.hf) for row in rows]
+        self.next = 0
+
+    def up_to(self, index: int) -> None:
+        """Prefetch rows after ``index`` until the window is covered (each row once)."""
+        self.next = max(self.next, index)
+        while self.next < len(self.rows) and sum(self.sizes[index:self.next]) < self.window:
+            self.ckpt.prefetch(list(self.rows[self.next].hf))
+            self.next += 1
+
+
+def _nbytes(ckpt: HFCheckpoint, hf_name: str) -> int:
+    count = 1
+    for dim in ckpt.shape(hf_name):
+        count *= dim
+    return count * {"float64": 8, "float32": 4, "int64": 8, "int32": 4}.get(ckpt.dtype(hf_name), 2)
+
+
 def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_dir: Path) -> int:
     """Stream every mapped tensor into the rank files; returns bytes written."""
     specs = plan_rank_files(ckpt, rows, layout)
@@ -178,9 +201,9 @@ def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_d
     with progress(total=total, unit="B", unit_scale=True, desc="hf-to-mcore") as bar, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophia-write") as pool:
         previous: list[tuple[Future, int]] = []
+        ahead = ReadAhead(ckpt, rows)
         for index, row in enumerate(rows):
-            if index + 1 < len(rows):
-                ckpt.prefetch(list(rows[index + 1].hf))
+            ahead.up_to(index)
             sharder = RowSharder(row.transform, [ckpt.get(h) for h in row.hf],
                                  tp_mapping(row.megatron, gated_mlp=True), layout.tp)
             current = []

@@ -1,4 +1,4 @@
-"""Read and validate rollout input rows (DESIGN §3.1): parquet or JSONL, one (image, question, answer) each.
+"""Read and validate rollout input rows (docs/ALGORITHM.md §2): parquet or JSONL, one (image, question, answer) each.
 
 What: ``read_inputs(paths, shard)`` returns the valid rows of the files as ``InputRow``s and a
 reject record (``store.reject_record``, stage ``"input"``) for every row that cannot be used.

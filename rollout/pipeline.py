@@ -6,7 +6,7 @@
     sophia-rollout merge   --config RECIPE --sources DIR [DIR ...] --dest DIR
 
 What: the recipe's ``rollout:`` section (``RolloutConfig`` below; overrides such as
-``rollout.N=4`` or just ``N=4``) names the inputs (DESIGN §3.1), the store directory, the
+``rollout.N=4`` or just ``N=4``) names the inputs (docs/ALGORITHM.md §2), the store directory, the
 captioner (the policy InternVL), the easy / hard reasoning LLMs, K, N, α, Keep-k, the ablation,
 the verifier and the prompt files. Each stage lives in ``rollout.stages``; this module loads the
 settings, runs stages and writes the hand-back to packing: ``select`` exports the ``selected``

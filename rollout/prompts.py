@@ -1,4 +1,4 @@
-"""The rollout's prompts: the caption prompt x_d and the simulated-seeing prompt x̂(q, c) (DESIGN §1.1).
+"""The rollout's prompts: the caption prompt x_d and the simulated-seeing prompt x̂(q, c) (docs/ALGORITHM.md §1.1).
 
 What: ``Prompts.load(config)`` reads the four prompt files a recipe names (``rollout.prompts``;
 relative paths are relative to the working directory, like every path of a recipe; a default

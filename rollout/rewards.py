@@ -1,4 +1,4 @@
-"""SOPHIA's rewards and trajectory selection (DESIGN §1.1, Eq. 5 and 6) and its ablations, as pure functions.
+"""SOPHIA's rewards and trajectory selection (docs/ALGORITHM.md §1.1, Eq. 5 and 6) and its ablations, as pure functions.
 
 * Eq. 4 (outcome reward R(y) ∈ {0, 1}) is the verifier's ``Result.correct`` (``rollout.verifier``);
   a trajectory cut at the token limit scores 0.

@@ -1,4 +1,4 @@
-"""The four rollout stages over the resumable store: caption -> reason -> score -> select (DESIGN §1.1).
+"""The four rollout stages over the resumable store: caption -> reason -> score -> select (docs/ALGORITHM.md §1.1).
 
 Each stage reads what earlier stages stored, works out which keys are neither stored nor rejected
 yet, and processes them in batches of ``rollout.batch_size`` requests, writing one shard per batch

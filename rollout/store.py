@@ -1,4 +1,4 @@
-"""The resumable rollout store: content-keyed parquet shards, one directory per table (DESIGN §3.2).
+"""The resumable rollout store: content-keyed parquet shards, one directory per table (docs/ALGORITHM.md §2).
 
 What: ``Store(root)`` holds tables such as ``captions/`` (keyed by ``id, k``), ``trajectories/``
 and ``scores/`` (``id, k, n``) and ``rejects/`` (``stage, id, k, n``). A table is a directory of

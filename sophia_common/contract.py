@@ -1,4 +1,4 @@
-"""The packed-dataset contract between rollout (writer) and training (reader), DESIGN §3.3.
+"""The packed-dataset contract between rollout (writer) and training (reader), docs/ALGORITHM.md §2.
 
 Defined once, here, with no heavy imports (pyarrow is imported inside functions), so the
 vLLM environment that writes packs and the Megatron environment that reads them agree by

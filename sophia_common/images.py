@@ -1,9 +1,10 @@
 """InternVL image preprocessing, owned with PIL and NumPy: dynamic tiling, bicubic resize, ImageNet norm.
 
-Why this exists: vLLM's and Transformers' InternVL processors import torchvision, and there is no CPU
-torchvision on the project's machines (DESIGN §4). Rollout (captioning with the Transformers engine;
-packing, which pre-expands ``<IMG_CONTEXT>`` tokens and so must know each image's tile count) and
-training (the loader turns stored image bytes into pixels at load time, DESIGN §3.3) all need the same
+Why this exists: vLLM's and Transformers' InternVL processors import torchvision, which has no CPU
+build (``sophia_common/torchvision_shim.py`` only lets its Python side import). Rollout (captioning with
+the Transformers engine; packing, which pre-expands ``<IMG_CONTEXT>`` tokens and so must know each
+image's tile count) and training (the loader turns stored image bytes into pixels at load time,
+docs/ALGORITHM.md §2) all need the same
 preprocessing, so it lives here once, importing only NumPy and PIL (torch only inside
 :func:`load_pixel_values`).
 
@@ -55,7 +56,7 @@ IMG_END = "</img>"
 IMG_CONTEXT = "<IMG_CONTEXT>"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TOKENS_PER_TILE = 256  # 448 / 14 = 32 patches per side, pixel shuffle 0.5 -> 16 x 16 (DESIGN §3a)
+TOKENS_PER_TILE = 256  # 448 / 14 = 32 patches per side, pixel shuffle 0.5 -> 16 x 16 (docs/ALGORITHM.md §3)
 
 ImageSource = bytes | bytearray | memoryview | str | Path | Image.Image
 

@@ -1,7 +1,7 @@
 """Make Megatron-Core run on CPU with gloo, for tests and the demo. Never active on a GPU.
 
 Megatron-Core assumes CUDA in a handful of places that have nothing to do with the maths.
-On a host without CUDA, ``activate()`` neutralises exactly these (DESIGN §4):
+On a host without CUDA, ``activate()`` neutralises exactly these (docs/ARCHITECTURE.md, "Megatron on CPU"):
 
 1. ``torch.cuda.current_device()`` used as a device -> the CPU device;
 2. tensor factories with a hard-coded ``device="cuda"`` (schedules, optimizer, grad

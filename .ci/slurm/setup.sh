@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real one-node SLURM cluster for CI and the launcher tests (DESIGN §4): munge + slurmctld + slurmd
+# A real one-node SLURM cluster for CI and the launcher tests (docs/CLUSTER.md): munge + slurmctld + slurmd
 # on this machine, with every piece of state in one private directory.
 #
 #   sudo .ci/slurm/setup.sh            # prints the slurm.conf path on its last stdout line

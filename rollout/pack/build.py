@@ -1,4 +1,4 @@
-"""``sophia-rollout pack``: sample records -> a packed, length-sorted training dataset (DESIGN §3.3).
+"""``sophia-rollout pack``: sample records -> a packed, length-sorted training dataset (docs/ALGORITHM.md §2).
 
     sophia-rollout pack --config RECIPE [key=value ...] [--in FILE ...] [--out DIR] [--force]
 

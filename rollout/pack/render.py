@@ -10,7 +10,7 @@ and the span of ids the model learns (``response`` + its ``<|im_end|>``; BOS, th
 trailing ``\\n`` are not targets). ``ChatRenderer.render`` gives the same conversation as text, so a
 test can check that the ids decode back to it.
 
-Why this shape (DESIGN §1.2, §3.3): the system prompt is the slow-thinking one when the response
+Why this shape (docs/ALGORITHM.md §1.2, §3.3): the system prompt is the slow-thinking one when the response
 holds ``<think>…</think>`` and the default one otherwise; the user turn carries the *original*
 image(s) and question (SOPHIA trains on the image, never on the caption). Image tokens are expanded
 here, as InternVL does (``<img>`` + ``<IMG_CONTEXT>`` x tokens_per_tile x tiles + ``</img>``), so
@@ -84,7 +84,7 @@ class Tiling:
 
 @dataclass(frozen=True)
 class SystemPrompts:
-    """The two system prompts of DESIGN §1.2; the response decides which one a sample gets."""
+    """The two system prompts of docs/ALGORITHM.md §1.2; the response decides which one a sample gets."""
 
     default: str
     slow_thinking: str

@@ -1,4 +1,4 @@
-"""Write a packed dataset directory (DESIGN §3.3, ``sophia_common.contract``) atomically.
+"""Write a packed dataset directory (docs/ALGORITHM.md §2, ``sophia_common.contract``) atomically.
 
 What: ``write_dataset(out, manifest, plan, samples, excluded)`` turns a ``PackPlan`` over tokenised
 samples into ``packs-NNNNN.parquet`` shards of ``pack_schema()`` rows (pack ``i`` is row

@@ -1,4 +1,4 @@
-"""The answer verifier: SOPHIA's outcome reward R(y) = 1 iff verify(extract(y), a) (Eq. 4, DESIGN §1.1).
+"""The answer verifier: SOPHIA's outcome reward R(y) = 1 iff verify(extract(y), a) (Eq. 4, docs/ALGORITHM.md §1.1).
 
 * ``extract`` — the final answer of a trajectory (``\\boxed{}``, answer phrases, display blocks,
   last line; ``<think>`` blocks skipped, an unclosed one is unfinished: ``is_unfinished_think``);

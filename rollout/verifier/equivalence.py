@@ -1,4 +1,4 @@
-"""Is an extracted answer equal to the gold answer? (the ``verify`` of Eq. 4, DESIGN §1.1).
+"""Is an extracted answer equal to the gold answer? (the ``verify`` of Eq. 4, docs/ALGORITHM.md §1.1).
 
 ``compare_answers(pred, gold)`` walks the answer trees of ``normalize.parse_answer`` and returns a
 ``Verdict(correct, reason)``. The rules, each pinned by ``tests/rollout/verifier_cases.jsonl``:

@@ -1,4 +1,4 @@
-"""Final-answer extraction from a reasoning trajectory (the ``extract`` of Eq. 4, DESIGN §1.1).
+"""Final-answer extraction from a reasoning trajectory (the ``extract`` of Eq. 4, docs/ALGORITHM.md §1.1).
 
 A trajectory is free text from a slow-thinking model. Its final answer is found by rules, in
 this order, on the text *after* the ``<think>…</think>`` block:

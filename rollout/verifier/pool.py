@@ -1,8 +1,8 @@
 """Verification under a hard time limit: persistent worker processes, killed and replaced on timeout.
 
 SymPy and Math-Verify can run for minutes (or exhaust memory) on an adversarial answer, and a
-SIGALRM timeout only works in the main thread (Math-Verify's raises in threads; DESIGN §6 "verl
-reward_score"). So every check that needs SymPy or Math-Verify runs in a worker process fed through
+SIGALRM timeout only works in the main thread (Math-Verify's raises in threads; verl's
+``reward_score`` runs verification in killable processes for the same reason). So every check that needs SymPy or Math-Verify runs in a worker process fed through
 a pipe; when a check overruns ``timeout_s`` the worker is killed, a fresh one takes its place, and
 that item's result is ``Result(correct=False, reason="timeout")``. Workers also run under an
 address-space limit (``memory_limit_mb``), so a huge integer power fails with ``reason="memory"``

@@ -61,7 +61,7 @@ class TrainSection:
         "'token': sum of weighted token NLL / loss tokens in the global batch; 'sample': mean over samples "
         "of (weight x mean token NLL of the sample)", "token")
     max_nonfinite_in_row: int = doc("abort after this many consecutive non-finite losses (each is skipped)", 3)
-    max_seq_len: int = doc("longest pack the model accepts (DESIGN §1.2: 32768)", 32768)
+    max_seq_len: int = doc("longest pack the model accepts (docs/ALGORITHM.md §1.2: 32768)", 32768)
     exit_interval: int = doc("checkpoint and exit when the step is a multiple of this (0: never); like "
                              "Megatron-LM's --exit-interval, for time-boxed jobs and preemption drills", 0)
 

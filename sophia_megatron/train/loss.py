@@ -1,4 +1,4 @@
-"""The SOPHIA objective on one micro-batch: reward-weighted token NLL (DESIGN §1.1, Eq. 7).
+"""The SOPHIA objective on one micro-batch: reward-weighted token NLL (docs/ALGORITHM.md §1.1, Eq. 7).
 
 ∇J ≈ E_D[r · ∇ log π_θ(y | q, I)]: every assistant token's negative log-likelihood is
 multiplied by its sample's reward weight r (1 for SFT). Two normalisations:

@@ -103,7 +103,6 @@ def evict(directory: Path) -> None:
 
 def plain_copy(source: Path, dest: Path) -> float:
     """Seconds to copy the shards and flush the copies (the same durability the conversion is timed with)."""
-    import os
 
     evict(source)  # a cold source, and no dirty pages of earlier steps pending
     dest.mkdir()
