@@ -180,51 +180,76 @@ class ReadAhead:
 
 
 def _nbytes(ckpt: HFCheckpoint, hf_name: str) -> int:
+    import torch
+
     count = 1
     for dim in ckpt.shape(hf_name):
         count *= dim
-    return count * {"float64": 8, "float32": 4, "int64": 8, "int32": 4}.get(ckpt.dtype(hf_name), 2)
+    return count * getattr(torch, ckpt.dtype(hf_name)).itemsize
+
+
+class RankFiles:
+    """The open rank files, each written by its own thread (the zip writer releases the GIL).
+
+    Writes of one file stay in order (one thread per file); different files are written at the
+    same time, and all of it overlaps the reading and cutting of the next row in the caller.
+    """
+
+    def __init__(self, specs: dict[tuple[int, int], dict[str, TensorSpec]], layout: Layout, iter_dir: Path) -> None:
+        self.writers, self.pools = {}, {}
+        for (t, p), model_specs in specs.items():
+            (iter_dir / layout.rank_dir(t, p)).mkdir(parents=True)
+            self.writers[(t, p)] = StreamingTorchWriter(iter_dir / layout.rank_dir(t, p) / RANK_FILE,
+                                                        _rank_skeleton(model_specs))
+            self.pools[(t, p)] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sophia-write-{t}-{p}")
+
+    def submit(self, rank: tuple[int, int], name: str, tensor: Any) -> Future:
+        return self.pools[rank].submit(self.writers[rank].write, name, tensor)
+
+    def close(self, complete: bool) -> None:
+        """Wait for the writer threads; finish the files only if every tensor was written."""
+        for pool in self.pools.values():
+            pool.shutdown(wait=True)
+        if complete:
+            for writer in self.writers.values():
+                writer.close()
 
 
 def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_dir: Path) -> int:
-    """Stream every mapped tensor into the rank files; returns bytes written."""
+    """Stream every mapped tensor into the rank files; returns bytes written.
+
+    Row k's pieces are written while row k + 1 is read and cut; waiting for row k - 1's writes
+    before going on keeps at most two rows in memory, whatever the depth of the model.
+    """
     specs = plan_rank_files(ckpt, rows, layout)
-    writers = {}
-    for (t, p), model_specs in specs.items():
-        (iter_dir / layout.rank_dir(t, p)).mkdir(parents=True)
-        writers[(t, p)] = StreamingTorchWriter(iter_dir / layout.rank_dir(t, p) / RANK_FILE,
-                                               _rank_skeleton(model_specs))
+    files = RankFiles(specs, layout, iter_dir)
     total = sum(spec.nbytes for model_specs in specs.values() for spec in model_specs.values())
     written = 0
-    # One writer thread (the zip writer releases the GIL) overlaps writing row k with reading and
-    # cutting row k + 1; waiting for row k - 1 before going on keeps at most two rows in memory.
-    with progress(total=total, unit="B", unit_scale=True, desc="hf-to-mcore") as bar, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophia-write") as pool:
-        previous: list[tuple[Future, int]] = []
-        ahead = ReadAhead(ckpt, rows)
-        for index, row in enumerate(rows):
-            ahead.up_to(index)
-            sharder = RowSharder(row.transform, [ckpt.get(h) for h in row.hf],
-                                 tp_mapping(row.megatron, gated_mlp=True), layout.tp)
-            current = []
-            for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
-                for tp_rank in writer_ranks(row.megatron, layout):
-                    piece = sharder.piece(tp_rank)
-                    current.append((pool.submit(writers[(tp_rank, pp_rank)].write, f"model/{local}", piece),
-                                    piece.numel() * piece.element_size()))
-                    del piece
-            del sharder
-            for future, nbytes in previous:
-                future.result()
-                written += nbytes
-                bar.update(nbytes)
-            previous = current
-        for future, nbytes in previous:
-            future.result()
-            written += nbytes
-            bar.update(nbytes)
-    for writer in writers.values():
-        writer.close()
+    try:
+        with progress(total=total, unit="B", unit_scale=True, desc="hf-to-mcore") as bar:
+            previous: list[tuple[Future, int]] = []
+            ahead = ReadAhead(ckpt, rows)
+            for index, row in enumerate(rows):
+                ahead.up_to(index)
+                sharder = RowSharder(row.transform, [ckpt.get(h) for h in row.hf],
+                                     tp_mapping(row.megatron, gated_mlp=True), layout.tp)
+                current = []
+                for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
+                    for tp_rank in writer_ranks(row.megatron, layout):
+                        piece = sharder.piece(tp_rank)
+                        current.append((files.submit((tp_rank, pp_rank), f"model/{local}", piece),
+                                        piece.numel() * piece.element_size()))
+                        del piece
+                del sharder
+                for future, nbytes in previous + (current if index == len(rows) - 1 else []):
+                    future.result()
+                    written += nbytes
+                    bar.update(nbytes)
+                previous = current
+    except BaseException:
+        files.close(complete=False)
+        raise
+    files.close(complete=True)
     return written
 
 

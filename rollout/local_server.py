@@ -59,6 +59,8 @@ class LocalVLLMServer:
         self.args = ["--model", self.model, "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
                      "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
                      "--seed", str(seed), "--generation-config", "vllm",
+                     # as vllm.LLM: no periodic stats logging; plus no access log line per request
+                     "--disable-log-stats", "--disable-uvicorn-access-log",
                      *(["--enforce-eager"] if enforce_eager else []),
                      *(cpu_server_args(max_model_len) if cpu_only_host() else []), *(extra_args or [])]
         self.env, self.start_timeout_s = env or {}, start_timeout_s

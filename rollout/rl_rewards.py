@@ -6,10 +6,14 @@ advantages are computed from, the binary outcome (the pass rate groups are filte
 
 * ``outcome`` (default) — the project's rule verifier (``rollout.verifier``): 1 if the final
   answer is equivalent to the gold one, else 0; a truncated response scores 0.
-* ``judge`` — a generative verifier, as the paper uses: a served instruction model (any
-  OpenAI-compatible endpoint, e.g. ``vllm serve``) is asked whether the response's final answer
-  matches the gold one. The rule verifier decides first; only its negatives go to the judge (rule
-  verifiers miss many right answers, a judge rarely accepts a rule-positive one wrongly).
+* ``judge`` — the rule verifier, then the project's one generative judge
+  (``rollout.verifier.judge.GenerativeJudge``, settings ``grpo.judge`` = ``rollout.config.JudgeConfig``):
+  a served instruction model (any OpenAI-compatible server, e.g. ``vllm serve``) re-judges only the
+  rule negatives the rules could have missed (``mismatch``, ``unparsable``, ``no_answer`` …). Verdicts
+  the rules are sure of by design (``structure``, ``ambiguous``, ``choice``, ``unfinished_think``,
+  ``truncated``) never reach it, so the policy cannot win reward by hedging or by answering a part of
+  the gold. A ``Judgement: 1`` scores 1 with the reason ``judge``; a ``0``, an unreadable reply or a
+  failed request leaves the rules' 0.
 * ``srpo`` — SRPO's reflection-aware reward (arXiv 2506.01713): for a response
   ``<think>T1</think> A1 <reflection>R</reflection> A2`` the task reward of the final answer A2
   plus a reflection reward ``I_eff + alpha * f_len(L)``: I_eff rewards a reflection that fixes a
@@ -21,16 +25,14 @@ advantages are computed from, the binary outcome (the pass rate groups are filte
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rollout.config import JudgeConfig
+from rollout.verifier.judge import GenerativeJudge, from_config
 from sophia_common.config import doc
 from sophia_common.log import get_logger
 
@@ -59,17 +61,6 @@ class Reward:
 
 
 @dataclass
-class JudgeSettings:
-    """The served judge model (``grpo.judge``)."""
-
-    url: str = doc("OpenAI-compatible base URL of the judge server, e.g. http://host:8000/v1", "")
-    model: str = doc("model name the server serves (vllm serve MODEL)", "")
-    max_tokens: int = doc("most tokens of a verdict", 256)
-    timeout_s: float = doc("seconds per request before a retry", 120.0)
-    retries: int = doc("attempts per request (exponential backoff from 1 s)", 4)
-
-
-@dataclass
 class SrpoSettings:
     """SRPO's reflection reward (``grpo.srpo``)."""
 
@@ -83,7 +74,7 @@ class SrpoSettings:
 @dataclass
 class RewardSettings:
     kind: Literal["outcome", "judge", "srpo"] = "outcome"
-    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     srpo: SrpoSettings = field(default_factory=SrpoSettings)
 
 
@@ -98,63 +89,19 @@ def outcome_rewards(items: Sequence[Scored], verify: Callable[[list[dict]], list
 
 # ---------------------------------------------------------------- judge
 
-JUDGE_PROMPT = """You are checking a student's answer against the reference answer.
-Question: {question}
-Reference answer: {answer}
-Student response: {response}
 
-Does the final answer of the student response mean the same as the reference answer? Ignore the
-reasoning, formatting and units that do not change the value. Reply with one line:
-Judgement: Yes   or   Judgement: No"""
-
-
-def judge_prompt(item: Scored) -> str:
-    return JUDGE_PROMPT.format(question=item.question.strip(), answer=item.answer.strip(),
-                               response=item.response.strip())
-
-
-def parse_verdict(text: str) -> bool | None:
-    """``True``/``False`` from a judge reply (its last ``Judgement:`` line wins); ``None`` if absent."""
-    found = re.findall(r"judge?ment\s*[:：]\s*\**\s*(yes|no|correct|incorrect)\b", text, re.IGNORECASE)
-    if not found:
-        return None
-    return found[-1].lower() in ("yes", "correct")
-
-
-def ask_openai(settings: JudgeSettings, prompt: str) -> str:
-    """One greedy chat completion from the judge server, retried with backoff; raises after the last try."""
-    body = json.dumps({"model": settings.model, "messages": [{"role": "user", "content": prompt}],
-                       "temperature": 0.0, "max_tokens": settings.max_tokens}).encode()
-    url = settings.url.rstrip("/") + "/chat/completions"
-    error: Exception | None = None
-    for attempt in range(max(1, settings.retries)):
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=settings.timeout_s) as reply:
-                return json.loads(reply.read())["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
-            error = exc
-            log.warning("judge %s: attempt %d failed (%s)", url, attempt + 1, exc)
-            time.sleep(min(2.0 ** attempt, 30.0) if attempt + 1 < settings.retries else 0)
-    raise RuntimeError(f"judge at {url} failed {settings.retries} times: {error}")
-
-
-def judge_rewards(items: Sequence[Scored], verify: Callable[[list[dict]], list], settings: JudgeSettings,
-                  ask: Callable[[JudgeSettings, str], str] = ask_openai) -> list[Reward]:
-    """Rule verifier first; its negatives (not truncated) are judged by the served model."""
-    if not settings.url or not settings.model:
-        raise ValueError("grpo.reward=judge needs grpo.judge.url and grpo.judge.model")
-    out = []
-    for item, rule in zip(items, outcome_rewards(items, verify), strict=True):
-        if rule.correct or item.truncated:
-            out.append(rule)
-            continue
-        verdict = parse_verdict(ask(settings, judge_prompt(item)))
-        if verdict is None:
-            out.append(Reward(0.0, False, "judge_unparsable"))
-        else:
-            out.append(Reward(1.0 if verdict else 0.0, verdict, "judge_yes" if verdict else "judge_no"))
-    return out
+def judge_rewards(items: Sequence[Scored], verify: Callable[[list[dict]], list],
+                  judge: GenerativeJudge) -> list[Reward]:
+    """The rule verifier first, then ``judge.rejudge``: only rule negatives the rules could have missed
+    are asked (never ``structure``, ``ambiguous``, ``choice``, ``unfinished_think``, ``truncated``);
+    a ``Judgement: 1`` makes the answer correct with the reason ``judge``."""
+    answers = [{"response": i.response, "answer": i.answer, "question": i.question, "truncated": i.truncated}
+               for i in items]
+    results = judge.rejudge(answers, verify(answers))
+    if judge.last_failed:
+        log.warning("judge: %d request(s) to %s failed; their rule verdicts stand", len(judge.last_failed),
+                    judge.settings.base_url)
+    return [Reward(1.0 if r.correct else 0.0, bool(r.correct), r.reason) for r in results]
 
 
 # ---------------------------------------------------------------- SRPO
@@ -209,7 +156,8 @@ def make_reward(settings: RewardSettings, verify: Callable[[list[dict]], list],
     if settings.kind == "outcome":
         return lambda items: outcome_rewards(items, verify)
     if settings.kind == "judge":
-        return lambda items: judge_rewards(items, verify, settings.judge)
+        judge = from_config(settings.judge, None)  # no verdict cache: every step's rollouts are new
+        return lambda items: judge_rewards(items, verify, judge)
     if settings.kind == "srpo":
         counter = count_tokens or (lambda text: len(text.split()))
         return lambda items: srpo_rewards(items, verify, settings.srpo, counter)

@@ -14,8 +14,8 @@ yet, and processes them in batches of ``rollout.batch_size`` requests, writing o
   a truncated trajectory scores 0 with reason ``truncated``; with ``rollout.verifier.judge`` on, rule
   negatives the rules could have missed are re-judged by a served model (reason ``judge`` when it
   overturns them; verdicts cached in ``STORE/judge_verdicts.jsonl``; ``judge_*`` counts in the
-  report); Eq. 5 per caption. Table ``scores`` keyed (id, k, n): correct, extracted, reason,
-  truncated, caption_reward, num_tokens.
+  report); Eq. 5 per caption (the per-batch work: ``rollout.scoring``). Table ``scores`` keyed
+  (id, k, n): correct, extracted, reason, truncated, caption_reward, num_tokens.
 * ``select_stage`` — Eq. 6 or an ablation (``rollout.rewards``) per question. Table ``selected``
   keyed (id, k, n) holds the sample records the packer needs; table ``decisions`` keyed (id) records
   that a question was decided (also when nothing was selected) and under which settings.
@@ -52,7 +52,6 @@ import pyarrow as pa
 
 from rollout.engines import (
     ENGINE_ERROR,
-    FINISH_LENGTH,
     Completion,
     Engine,
     EngineConfig,
@@ -61,7 +60,7 @@ from rollout.engines import (
     SamplingParams,
 )
 from rollout.inputs import InputRow, Inputs
-from rollout.prompts import THINK_CLOSE, THINK_OPEN, Prompts, as_thinking_response, chat_template_opens_think
+from rollout.prompts import Prompts, as_thinking_response, chat_template_opens_think
 from rollout.provenance import (
     caption_provenance,
     mismatch_hint,
@@ -70,6 +69,7 @@ from rollout.provenance import (
     select_provenance,
 )
 from rollout.rewards import ScoredTrajectory, SelectionSettings, select_for_question
+from rollout.scoring import ThinkRule, judge_config, score_captions
 from rollout.sharding import Shard
 from rollout.store import Store, Table, reject_record
 from sophia_common.cli import UserError
@@ -137,7 +137,7 @@ class RolloutRun:
         if table == SCORES:
             from rollout.verifier.judge import judge_identity
 
-            return score_provenance(config, recorded(TRAJECTORIES), judge_identity(_judge_config(config)))
+            return score_provenance(config, recorded(TRAJECTORIES), judge_identity(judge_config(config)))
         return select_provenance(config, recorded(SCORES))
 
     def checked_table(self, table: str, *, write: bool) -> Table:
@@ -383,11 +383,11 @@ def score_stage(run: RolloutRun) -> StageReport:
         verifier = run.config.verifier
         opens_think = {route: config is not None and chat_template_opens_think(config.model)
                        for route, config in _routes(run)}
-        judge = open_judge(_judge_config(run.config), run.store.root)
+        judge = open_judge(judge_config(run.config), run.store.root)
         with VerifierPool(workers=verifier.workers, timeout_s=verifier.timeout_s) as pool:
             for batch in chunks(pending, run.config.batch_size):
-                rows = _score_captions([by_caption[caption] for caption in batch], rows_by_id, pool,
-                                       _ThinkRule(verifier.unfinished_think, opens_think), judge)
+                rows = score_captions([by_caption[caption] for caption in batch], rows_by_id, pool,
+                                      ThinkRule(verifier.unfinished_think, opens_think), judge)
                 rows = [row for row in rows if (row["id"], row["k"], row["n"]) not in scored]
                 scores.write(as_arrow(rows, SCORES))
                 report.written += len(rows)
@@ -395,60 +395,6 @@ def score_stage(run: RolloutRun) -> StageReport:
             report.extra.update(judge.report())
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _judge_config(config: RolloutConfig) -> Any:
-    """``rollout.verifier.judge`` when it is on (a plain ``VerifierConfig`` has none), else None."""
-    judge = getattr(config.verifier, "judge", None)
-    return judge if judge is not None and judge.enabled else None
-
-
-@dataclass(frozen=True)
-class _ThinkRule:
-    """How an unclosed think block is scored: ``mode`` zero | score; which routes' templates open one."""
-
-    mode: str
-    opens_think: dict[str, bool]
-
-    def response(self, trajectory: dict) -> str:
-        """The text to verify: the template's opening tag restored, or (``score``) an unclosed one dropped."""
-        text = trajectory["text"]
-        if THINK_CLOSE in text:
-            return text
-        if self.mode == "score":
-            return text.replace(THINK_OPEN, "", 1)
-        opened = self.opens_think.get(trajectory.get("route") or "easy", False)
-        return text if THINK_OPEN in text or not opened else f"{THINK_OPEN}\n{text}"
-
-
-def _score_captions(groups: list[list[dict]], rows_by_id: dict[str, InputRow], pool: Any,
-                    think: _ThinkRule, judge: Any = None) -> list[dict]:
-    """Score rows of whole caption groups; with the judge, rule negatives re-judged (reason ``judge``).
-    A group with a failed judge request is left out under ``on_error: fail`` (the next run asks again)."""
-    from rollout.rewards import caption_reward
-
-    flat = [trajectory for group in groups for trajectory in group]
-    items = [{"response": think.response(t), "answer": rows_by_id[t["id"]].answer,
-              "choices": rows_by_id[t["id"]].extra.get("choices"), "question": rows_by_id[t["id"]].question,
-              "truncated": t["finish_reason"] == FINISH_LENGTH} for t in flat]
-    verified = pool.verify_batch(items)
-    withheld: set[tuple[str, int]] = set()
-    if judge is not None:
-        verified = judge.rejudge(items, verified)
-        if judge.settings.on_error == "fail":
-            withheld = {(flat[index]["id"], flat[index]["k"]) for index in judge.last_failed}
-    results = iter(verified)
-    rows = []
-    for group in groups:
-        verdicts = [next(results) for _ in group]
-        if (group[0]["id"], group[0]["k"]) in withheld:
-            continue
-        reward = caption_reward([verdict.correct for verdict in verdicts])
-        rows += [{"id": t["id"], "k": t["k"], "n": t["n"], "correct": verdict.correct,
-                  "extracted": verdict.extracted, "reason": verdict.reason,
-                  "truncated": t["finish_reason"] == FINISH_LENGTH, "caption_reward": reward,
-                  "num_tokens": t["num_tokens"]} for t, verdict in zip(group, verdicts, strict=True)]
-    return rows
 
 
 # ---------------------------------------------------------------- select

@@ -5,7 +5,9 @@ the SOPHIA update's, read by ``sophia_megatron.train.config``; ``grpo.lr`` and `
 replace ``train.lr`` and ``train.steps`` (the paper continues with lr 5e-7), the rest of the
 optimizer and schedule settings carry over. ``grpo.generator`` is the rollout's ``EngineConfig``
 (the policy's HF checkpoint, whose weights are replaced by the trainer's at start and after every
-update), ``grpo.filter`` the question filter's settings (``sophia-rollout filter``).
+update), ``grpo.filter`` the question filter's settings (``sophia-rollout filter``), ``grpo.judge``
+the served judge of ``grpo.reward=judge`` (the rollout's ``JudgeConfig``, the keys of
+``rollout.verifier.judge``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rollout.config import VerifierConfig
+from rollout.config import JudgeConfig, VerifierConfig
 from rollout.engines import EngineConfig
 from rollout.question_filter import FilterSection
-from rollout.rl_rewards import JudgeSettings, RewardSettings, SrpoSettings
+from rollout.rl_rewards import RewardSettings, SrpoSettings
 from sophia_common.config import ConfigError, build, doc, read_recipe
 
 
@@ -46,7 +48,9 @@ class GrpoSection:
     seed: int = doc("seed of the question order and of every rollout (hash(seed, step, id))", 0)
     reward: Literal["outcome", "judge", "srpo"] = doc("reward plug-in: outcome (rule verifier), judge (served "
                                                       "model), srpo (reflection-aware)", "outcome")
-    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    judge: JudgeConfig = doc("the served judge of reward judge: the keys of rollout.verifier.judge "
+                             "(grpo.reward=judge turns it on, not judge.enabled)",
+                             default_factory=JudgeConfig)
     srpo: SrpoSettings = field(default_factory=SrpoSettings)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     generator: EngineConfig = field(default_factory=EngineConfig)
@@ -60,6 +64,12 @@ class GrpoSection:
             raise ValueError("grpo.questions_per_step, grpo.steps and grpo.max_tokens must be >= 1")
         if not 0 < self.clip_eps < 1 or self.kl_coef < 0:
             raise ValueError("need 0 < grpo.clip_eps < 1 and grpo.kl_coef >= 0")
+        if self.reward == "judge" and not (self.judge.model and (self.judge.base_url or self.judge.endpoint_file)):
+            raise ValueError("grpo.reward=judge needs grpo.judge.model (the served judge's name) and "
+                             "grpo.judge.base_url (http://HOST:PORT) or grpo.judge.endpoint_file")
+        if self.judge.enabled and self.reward != "judge":
+            raise ValueError(f"grpo.judge.enabled is true but grpo.reward is {self.reward}: the judge reward is "
+                             "turned on by grpo.reward=judge")
 
     @property
     def rewards(self) -> RewardSettings:

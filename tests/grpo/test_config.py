@@ -55,3 +55,19 @@ def test_sophia_train_grpo_refuses_with_one_line(tmp_path, extra, message):
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().count("\n") == 0  # one line, no traceback
+
+
+def test_judge_reward_takes_the_rollout_judge_keys_and_needs_a_server():
+    """grpo.judge is rollout.verifier.judge's JudgeConfig; reward=judge without a server or model is named
+    at load time, and judge.enabled cannot pretend to turn the judge on under another reward."""
+    base = ["grpo.questions=q.jsonl", "grpo.generator.model=m", "grpo.reward=judge"]
+    grpo = load_grpo(None, [*base, "grpo.judge.model=J", "grpo.judge.base_url=http://h:1",
+                            "grpo.judge.on_error=rules", "grpo.judge.concurrency=3"])
+    assert (grpo.rewards.judge.model, grpo.rewards.judge.on_error, grpo.rewards.judge.concurrency) == ("J", "rules", 3)
+    with pytest.raises(ConfigError, match=r"grpo.reward=judge needs grpo.judge.model .* grpo.judge.base_url"):
+        load_grpo(None, [*base, "grpo.judge.model=J"])
+    with pytest.raises(ConfigError, match=r"grpo\.judge\.url"):  # the old key is refused, not ignored
+        load_grpo(None, [*base, "grpo.judge.url=http://h:1"])
+    with pytest.raises(ConfigError, match="turned on by grpo.reward=judge"):
+        load_grpo(None, ["grpo.questions=q", "grpo.generator.model=m", "grpo.judge.enabled=true",
+                         "grpo.judge.model=J", "grpo.judge.base_url=http://h:1"])

@@ -1,27 +1,27 @@
-"""The GRPO reward plug-ins on hand-made responses: outcome, generative judge (over real HTTP), SRPO."""
+"""The GRPO reward plug-ins on hand-made responses: outcome, generative judge, SRPO.
+
+The judge reward is the project's one ``GenerativeJudge`` talking real HTTP to ``StandInJudgeServer``
+(a stand-in for the served judge model, shared with the score stage's tests); the rule verifier is
+the real one."""
 
 from __future__ import annotations
 
-import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from rollout.config import JudgeConfig
 from rollout.rl_rewards import (
-    JudgeSettings,
     RewardSettings,
     Scored,
     SrpoSettings,
     brevity,
-    judge_rewards,
     make_reward,
-    parse_verdict,
     reflection_parts,
     srpo_rewards,
 )
 from rollout.verifier import verify_batch
+from tests.rollout.test_score_judge import StandInJudgeServer
 
 
 def verify(items):
@@ -37,59 +37,43 @@ def test_outcome_reward_is_the_verifier_and_truncation_scores_zero():
     assert got[2].reason == "truncated"
 
 
-@pytest.mark.parametrize("reply,expected", [
-    ("The student says 3.\nJudgement: Yes", True),
-    ("Judgement: No", False),
-    ("judgment: **yes**", True),
-    ("Judgement: No\n...on reflection...\nJudgement: Yes", True),   # the last verdict wins
-    ("I think they are equal.", None),
-])
-def test_parse_verdict(reply, expected):
-    assert parse_verdict(reply) is expected
+@pytest.fixture
+def judge_server():
+    server = StandInJudgeServer()
+    yield server
+    server.close()
 
 
-class _StubJudge(BaseHTTPRequestHandler):
-    """Stands in for a served judge model (vllm serve) at the HTTP level: says Yes iff the
-    student response contains the word 'three'; records every prompt."""
-
-    prompts: list[str] = []
-
-    def do_POST(self):  # noqa: N802 - http.server's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][0]["content"]
-        type(self).prompts.append(prompt)
-        student = prompt.split("Student response:", 1)[1]
-        content = "Judgement: Yes" if "three" in student else "Judgement: No"
-        data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def _judge_reward(server):
+    """The GRPO judge reward exactly as ``sophia-train train.mode=grpo`` builds it from ``grpo.judge``."""
+    config = JudgeConfig(model="stand-in-judge", base_url=server.base_url, retries=0)
+    return make_reward(RewardSettings(kind="judge", judge=config), verify)
 
 
-def test_judge_only_sees_rule_negatives_over_http():
-    server = HTTPServer(("127.0.0.1", 0), _StubJudge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _StubJudge.prompts = []
-    try:
-        settings = JudgeSettings(url=f"http://127.0.0.1:{server.server_port}/v1", model="judge", retries=1)
-        got = judge_rewards([Scored("How many?", "3", "\\boxed{3}"),            # rule-positive: no request
-                             Scored("How many?", "3", "I count \\boxed{three apples}"),  # rule-negative, judge says yes
-                             Scored("How many?", "3", "\\boxed{4}")], verify, settings)
-    finally:
-        server.shutdown()
+def test_judge_is_not_asked_about_answers_the_rules_accepted(judge_server):
+    got = _judge_reward(judge_server)([
+        Scored("How many?", "42", "Six sevens: \\boxed{42}."),                      # rule-positive: not sent
+        Scored("How many?", "42", "It is forty-two, so \\boxed{\\text{forty-two}}."),  # mismatch, judge says 1
+        Scored("How many?", "42", "I get \\boxed{41}.")])                            # mismatch, judge says 0
     assert [(r.reward, r.correct, r.reason) for r in got] == [
-        (1.0, True, "exact"), (1.0, True, "judge_yes"), (0.0, False, "judge_no")]
-    assert len(_StubJudge.prompts) == 2 and "Reference answer: 3" in _StubJudge.prompts[0]
+        (1.0, True, "exact"), (1.0, True, "judge"), (0.0, False, "mismatch")]
+    assert len(judge_server.prompts) == 2
+    assert "Question: How many?" in judge_server.prompts[0] and "Reference answer: 42" in judge_server.prompts[0]
+    assert "Six sevens" not in "".join(judge_server.prompts)
 
 
-def test_judge_needs_a_server():
-    with pytest.raises(ValueError, match="grpo.judge.url"):
-        judge_rewards([Scored("q", "3", "x")], verify, JudgeSettings())
+@pytest.mark.parametrize("response,gold,reason,truncated", [
+    ("It is forty-two, so \\boxed{42}.", "42, 43", "structure", False),               # one value of several
+    ("forty-two or forty-one: \\boxed{41} and \\boxed{42}", "42", "ambiguous", False),  # boxing two candidates
+    ("<think>so it is forty-two \\boxed{42}", "42", "unfinished_think", False),        # never finished thinking
+    ("It is forty-two, so \\boxed{\\text{forty-two}}.", "42", "truncated", True),     # cut at max_tokens
+])
+def test_judge_is_not_asked_where_the_rules_are_sure(judge_server, response, gold, reason, truncated):
+    """The stand-in would say 1 to each of these ("forty-two" is in every one): asking it would reopen
+    the reward hacks (answer a part of the gold, hedge) the rule verifier closes."""
+    got = _judge_reward(judge_server)([Scored("How many?", gold, response, truncated)])
+    assert [(r.reward, r.correct, r.reason) for r in got] == [(0.0, False, reason)]
+    assert judge_server.prompts == []
 
 
 def _reflective(first: str, final: str, think_words: int, reflection_words: int) -> str:
