@@ -2,7 +2,7 @@
 # Checkpoint conversion on one node: `sophia-convert` with the arguments given to this script.
 #
 #   sbatch launchers/convert.sh hf-to-mcore --hf-dir checkpoints/InternVL3-38B \
-#     --out-dir checkpoints/internvl3_38b_mcore_tp8pp4 --tp 8 --pp 4 --spec te
+#     --out-dir checkpoints/internvl3_38b_mcore_tp4pp2 --tp 4 --pp 2 --first-stage-layers 24 --last-stage-layers 40 --spec te
 #   sbatch launchers/convert.sh mcore-to-hf --mcore-dir DIR --out-dir HF_DIR
 #   sbatch launchers/convert.sh inspect checkpoints/internvl3_38b_sophia_hf
 #

@@ -12,7 +12,7 @@
 # One srun starts one process per GPU; each reads its rank from SLURM (SLURM_PROCID, SLURM_NTASKS,
 # SLURM_LOCALID) and meets the others at MASTER_ADDR:MASTER_PORT (the first node). The recipe's
 # parallel.tp x parallel.pp must divide the number of tasks; the rest is data parallelism
-# (configs/internvl3_38b.yaml: TP=8 in a node, PP=4 across nodes, DP=2 over 64 GPUs).
+# (configs/internvl3_38b.yaml: TP=4 x PP=2 (24 + 40 layers) in a node, DP=8 over 64 GPUs).
 #
 # Before the time limit SLURM sends SIGUSR1 (--signal); the trainer checkpoints at the next step
 # boundary and exits 0, and this script requeues the job, which resumes from checkpoint.save_dir.
@@ -20,7 +20,7 @@
 # Options given to sbatch on the command line override the #SBATCH lines below.
 #
 #SBATCH --job-name=sophia-train-38b
-#SBATCH --nodes=8                 # 64 GPUs: TP=8 x PP=4 x DP=2
+#SBATCH --nodes=8                 # 64 GPUs: TP=4 x PP=2 x DP=8
 #SBATCH --ntasks-per-node=8       # one rank per GPU
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=16        # data loading (image decode + tiling) runs in the rank's process

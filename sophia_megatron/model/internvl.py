@@ -51,7 +51,8 @@ def language_config(arch: InternVLArch, *, tp: int, pp: int, params_dtype: torch
         use_cpu_initialization=not torch.cuda.is_available(), init_method_std=0.02,
         bias_activation_fusion=fusions, bias_dropout_fusion=fusions, masked_softmax_fusion=fusions,
         apply_rope_fusion=fusions and _have_transformer_engine(),  # Megatron's fused RoPE is TE's
-        persist_layer_norm=False,  # apex LayerNorm only; RMSNorm layers (local: torch) reject it gradient_accumulation_fusion=False,
+        persist_layer_norm=False,  # apex LayerNorm only; RMSNorm layers (local: torch) reject it
+        gradient_accumulation_fusion=False,
         **overrides,
     )
 

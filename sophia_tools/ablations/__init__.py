@@ -81,8 +81,9 @@ class AblationSettings:
 
 
 FULL_ABLATIONS = AblationSettings()
-SMOKE_ABLATIONS = AblationSettings(
-    shared=replace(FAST, images=6, eval_images=4, mix_samples=0, eval_temperature=1.0, eval_top_p=0.8),
+SMOKE_ABLATIONS = AblationSettings(  # the reasoner warmed up enough to finish its trajectories, so arms select
+    shared=replace(FAST, images=6, eval_images=4, mix_samples=0, eval_temperature=1.0, eval_top_p=0.8,
+                   reasoner_samples=400, reasoner_steps=60, reasoner_max_tokens=96),
     seeds=(0,), steps=2)
 
 
