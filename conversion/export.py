@@ -35,7 +35,7 @@ class MegatronCheckpoint:
     """A converted (or trained-and-exported) Megatron checkpoint, read lazily."""
 
     def __init__(self, directory: str | Path) -> None:
-        from conversion.describe import wrong_input_hint
+        from conversion.dir_kind import wrong_input_hint
 
         self.directory = Path(directory)
         if not self.directory.is_dir():

@@ -101,7 +101,7 @@ class HFCheckpoint:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise UserError(f"{self.directory}: not a directory")
-        from conversion.describe import wrong_input_hint
+        from conversion.dir_kind import wrong_input_hint
 
         if hint := wrong_input_hint(self.directory, "huggingface"):
             raise UserError(hint)

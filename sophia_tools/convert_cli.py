@@ -60,7 +60,7 @@ def hf_to_mcore_main(argv: list[str]) -> int:
 
 
 def mcore_to_hf_main(argv: list[str]) -> int:
-    from conversion.describe import directory_kind
+    from conversion.dir_kind import directory_kind
     from conversion.export import mcore_to_hf
 
     parser = argparse.ArgumentParser(

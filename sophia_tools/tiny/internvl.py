@@ -30,6 +30,7 @@ from pathlib import Path
 from sophia_common.tokenizer import fingerprint_dir, load_tokenizer
 from sophia_tools.tiny import build_atomically, write_json
 from sophia_tools.tiny.tokenizer import build_tokenizer, copy_tokenizer_files
+from sophia_tools.tiny.weights import randomize_parameters_
 
 
 @dataclass(frozen=True)
@@ -101,32 +102,6 @@ def hf_config(shape: TinyShape, tokenizer) -> dict:
                 image_token_id=image_token_id, image_seq_length=256, downsample_ratio=0.5,
                 projector_hidden_act="gelu", vision_feature_layer=-1,
                 vision_feature_select_strategy="default", tie_word_embeddings=False)
-
-
-def randomize_parameters_(model, seed: int) -> None:
-    """Fill every parameter with seeded, non-trivial random values (in sorted-name order).
-
-    Matrices get N(0, 1/fan_in); norm weights 1 + N(0, 0.1); layer scales 0.1 * (1 + N(0, 0.2));
-    biases and embeddings of the vision tower N(0, 0.05) — never the ones/zeros of a fresh init.
-    """
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in sorted(params):
-            param = params[name]
-            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-            leaf = name.rsplit(".", 1)[-1]
-            if name.endswith(("lambda_1", "lambda_2", "ls1", "ls2")):
-                value = 0.1 * (1 + 0.2 * noise)
-            elif param.dim() == 1 and "norm" in name and name.endswith("weight"):
-                value = 1 + 0.1 * noise
-            elif param.dim() <= 1 or leaf in ("cls_token", "position_embeddings"):
-                value = 0.05 * noise
-            else:
-                value = noise / (param[0].numel() ** 0.5)
-            param.copy_(value.to(param.dtype))
 
 
 def make_hf_weights(shape: TinyShape, tokenizer, seed: int = 0, dtype: str = "float32"):

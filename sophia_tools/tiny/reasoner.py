@@ -27,7 +27,7 @@ def _write_reasoner(tmp: Path, seed: int, tokenizer_dir: Path) -> None:
     from safetensors.torch import save_file
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from sophia_tools.tiny.internvl import randomize_parameters_
+    from sophia_tools.tiny.weights import randomize_parameters_
 
     tokenizer = load_tokenizer(tokenizer_dir)
     config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_act="silu", rms_norm_eps=1e-6,
