@@ -79,10 +79,18 @@ read -r -a sbatch_args <<<"${SBATCH_ARGS:-}"
   read -r spec
   read -r steps
   read -r export_hf
+  read -r first_stage
+  read -r last_stage
 } < <(sophia_recipe_get name model.mcore_dir parallel.tp parallel.pp model.spec train.steps \
-        checkpoint.export_hf)
+        checkpoint.export_hf parallel.first_stage_layers parallel.last_stage_layers)
 [[ -n $mcore_dir && -n $tp && -n $pp ]] || sophia_die "could not read model.mcore_dir / parallel.* from $CONFIG"
 WORK=${WORK:-runs/${name:-sophia}}
+# Conversion places layers on stages as the trainer will (an uneven split when the recipe has one).
+split=()
+[[ -n $first_stage && $first_stage != auto ]] && split+=(--first-stage-layers "$first_stage")
+[[ -n $last_stage && $last_stage != auto ]] && split+=(--last-stage-layers "$last_stage")
+[[ $first_stage == auto || $last_stage == auto ]] &&
+  sophia_die "parallel.first_stage_layers=auto is a planning mode: copy the split sophia-train --dry-run proposes"
 
 wanted() { local s; for s in "${stages[@]}"; do [[ $s == "$1" ]] && return 0; done; return 1; }
 
@@ -126,7 +134,7 @@ update_mcore=$mcore_dir
 if wanted convert; then
   [[ -n ${HF_DIR:-} ]] || sophia_die "HF_DIR is required for the convert stage"
   submit convert "" -- launchers/convert.sh hf-to-mcore --hf-dir "$HF_DIR" --out-dir "$mcore_dir" \
-    --tp "$tp" --pp "$pp" --spec "${spec:-te}"
+    --tp "$tp" --pp "$pp" "${split[@]}" --spec "${spec:-te}"
 fi
 if wanted sft || wanted sft-convert; then
   policy_hf=$WORK/sft_hf
@@ -141,7 +149,7 @@ logging.metrics_file=$WORK/sft_metrics.jsonl logging.tensorboard_dir=$WORK/sft_t
 fi
 if wanted sft-convert; then
   submit sft-convert "sft" -- launchers/convert.sh hf-to-mcore --hf-dir "$policy_hf" \
-    --out-dir "$update_mcore" --tp "$tp" --pp "$pp" --spec "${spec:-te}"
+    --out-dir "$update_mcore" --tp "$tp" --pp "$pp" "${split[@]}" --spec "${spec:-te}"
 fi
 # The captioner is the policy: the warmed-up model when there is a warm-up, else the recipe's.
 captioner=()

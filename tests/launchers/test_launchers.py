@@ -95,7 +95,8 @@ def test_pipeline_dry_run_chains_every_stage():
     assert deps[0] is None
     assert [d.group(1) for d in deps[1:]] == ["ID_convert", "ID_sft", "ID_sft", "ID_caption", "ID_reason",
                                               "ID_merge-pack:ID_sft-convert:ID_convert", "ID_update"]
-    assert "--tp 8 --pp 4 --spec te" in lines[0]  # the layout of configs/internvl3_38b.yaml
+    # the layout of configs/internvl3_38b.yaml, with its uneven 24 + 40 split
+    assert "--tp 4 --pp 2 --first-stage-layers 24 --last-stage-layers 40 --spec te" in lines[0]
     assert "train.mode=sft" in lines[1] and "data.path=data/warmup_packed" in lines[1]
     assert lines[3].count("--array=0-3") == 1 and "--array=0-3" in lines[4]
     assert "train.mode=sophia" in lines[6] and "model.mcore_dir=runs/internvl3_38b/sft_mcore" in lines[6]
