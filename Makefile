@@ -44,4 +44,4 @@ lint: $(STAMP)
 	shellcheck -x launchers/*.sh .ci/slurm/*.sh
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .demo .ablations .pytest_cache

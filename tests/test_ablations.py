@@ -89,7 +89,7 @@ def test_each_arm_selects_what_its_setting_says(tmp_path):
                             for i in range(QUESTIONS)]
     assert all(choice == {(0, 0)} for choice in picked["sophia"])  # shortest of the good caption
     assert all(choice == {(0, 0), (0, 3)} for choice in picked["keep2"])
-    assert all(choice == {(1, 0)} for choice in picked["no_caption_reward"])  # the lucky guess is shortest
+    assert all(choice == {(1, 0)} for choice in picked["no_caption_reward"])  # here the guess is the shortest
     eligible = {(0, 0), (0, 1), (0, 3)}
     assert all(choice <= eligible for choice in picked["no_shortest"])
     assert any(choice != {(0, 0)} for choice in picked["no_shortest"])  # random, not the shortest

@@ -121,6 +121,8 @@ def train_arm(demo: Demo, settings: AblationSettings, seed: int, work: Path) -> 
 
 def stage_arm(demo: Demo, settings: AblationSettings, arm: Arm, seed: int) -> dict[str, Any]:
     work = demo.path("arms", arm.name, f"seed{seed}")
+    for stale in ("hf", "eval"):  # an interrupted attempt's export and answers belong to another model
+        shutil.rmtree(work / stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     selection = select_arm(demo, arm, seed, work)
     if not selection["selected"]:  # nothing to train on: recorded, and a failed check of a full run
@@ -150,11 +152,10 @@ def run(workdir: Path, settings: AblationSettings, arms: list[str], seeds: list[
     baseline = {seed: demo.stage(f"baseline_seed{seed}", lambda seed=seed: stage_baseline(demo, seed))
                 for seed in seeds}
     results = {}
-    for name in arms:
-        arm = arm_named(name)
-        for seed in seeds:
-            results[(name, seed)] = demo.stage(f"arm_{name}_seed{seed}",
-                                               lambda arm=arm, seed=seed: stage_arm(demo, settings, arm, seed))
+    for seed in seeds:  # every arm of a seed before the next seed: a partial run compares all arms
+        for name in arms:
+            results[(name, seed)] = demo.stage(f"arm_{name}_seed{seed}", lambda name=name, seed=seed: stage_arm(
+                demo, settings, arm_named(name), seed))
     return write_report(demo, settings, rollout, baseline, results, wall_seconds=time.perf_counter() - started)
 
 

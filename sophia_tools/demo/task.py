@@ -20,8 +20,8 @@ Why each ingredient of SOPHIA's selection can matter here, by construction:
   such a caption the reasoner cannot know the answer: it writes a short *guess* trajectory with a
   random answer, right by luck 1 time in 3 (count) or 4 (colour). A lucky guess is a correct
   trajectory that teaches the policy to guess; its caption's reward (mean over N guesses) is low,
-  so α filters it out, and ``no_caption_reward`` lets it in. Guesses are the shortest trajectories,
-  so without the caption reward the shortest-correct rule prefers them.
+  so α filters it out, and ``no_caption_reward`` lets it in. Guesses are short in words (in the tiny
+  tokenizer's tokens about as long as a clean trajectory), so the shortest rule does not keep them out.
 * **Shortest.** A share ``detour_share`` of the reasoner's trajectories from an informative
   description take a detour: a wrong intermediate value, then a re-check that recovers the right
   answer (half of them) or keeps the wrong one. Detours are longer, so among correct trajectories
