@@ -2,7 +2,7 @@
 
 ``InternVLArch`` is what the converter writes into the Megatron checkpoint's metadata and
 what the trainer builds the Megatron model from, so both agree by construction. It covers
-the three families of DESIGN §3a: InternViT-300M or -6B tower, the ``mlp1`` projector, and
+the three families of docs/ALGORITHM.md §3: InternViT-300M or -6B tower, the ``mlp1`` projector, and
 a Qwen2 or InternLM2 (Llama-style in the transformers-native format) language model.
 """
 
@@ -164,7 +164,7 @@ def _preset(tower: str, lm: dict[str, Any], image_token_id: int) -> InternVLArch
 
 
 _NTK = {"type": "dynamic", "factor": 2.0}
-# The four targets of DESIGN §3a, for planning before a checkpoint is at hand (sophia-train --dry-run).
+# The four targets of docs/ALGORITHM.md §3, for planning before a checkpoint is at hand (sophia-train --dry-run).
 PRESETS: dict[str, InternVLArch] = {
     "internvl2_5_8b": _preset("vit300m", dict(family="internlm2", hidden_size=4096, num_heads=32, num_query_groups=8,
                                               ffn_hidden_size=14336, num_layers=32, vocab_size=92553,

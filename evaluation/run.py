@@ -59,7 +59,7 @@ PERMANENT_FAILURES = ("unreadable_image", "prompt_too_long")
 
 EngineFactory = Callable[..., Engine]
 _HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-log = get_logger("evaluation.run")
+log = get_logger("sophia.evaluation.run")
 
 
 def parse_benchmarks(text: str | Sequence[str]) -> list[BenchmarkSpec]:

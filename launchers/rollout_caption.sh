@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SOPHIA rollout, step 1: the policy InternVL writes K captions per image (DESIGN §1.1), as a SLURM
+# SOPHIA rollout, step 1: the policy InternVL writes K captions per image (docs/ALGORITHM.md §1.1), as a SLURM
 # array job. Task i of n captions the input ids that hash to shard i (`--shard i/n`), into its own
 # store TASKS_DIR/<i>of<n>; the reason array continues in the same per-task stores and
 # rollout_merge_pack.sh merges them into rollout.store_dir.
@@ -15,7 +15,7 @@
 # Knobs: CONFIG (a recipe with a rollout: section), OVERRIDES, STORE_LAYOUT, STORE_DIR, TASKS_DIR,
 # STAGES (default "caption"), and the common ones in launchers/common.sh (PYTHON, CONTAINER_IMAGE).
 # vLLM runs inside the task with rollout.captioner.tp GPUs; rollout nodes usually run a vLLM
-# container, training nodes a Megatron one (DESIGN §2).
+# container, training nodes a Megatron one (docs/ARCHITECTURE.md).
 #
 #SBATCH --job-name=sophia-caption
 #SBATCH --array=0-7               # n = 8 shards; scale with the input size

@@ -62,7 +62,7 @@ __all__ = ["ENGINE_ERROR", "FINISH_LENGTH", "FINISH_STOP", "PROMPT_TOO_LONG", "T
            "TransformersEngine", "VLLMEngine", "check_model", "make_engine", "read_architectures", "request_seed"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-log = get_logger("rollout.engines")
+log = get_logger("sophia.rollout.engines")
 
 
 def check_model(config: EngineConfig, role: str) -> None:

@@ -49,7 +49,7 @@ from rollout.openai_client import Choice, OpenAIClient, RequestFailure, ServerUn
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger
 
-log = get_logger("rollout.openai_engine")
+log = get_logger("sophia.rollout.openai_engine")
 
 
 def server_mm_args(model: str, max_tiles: int) -> list[str]:

@@ -31,7 +31,7 @@ from sophia_common.cli import UserError
 from sophia_common.config import ConfigError, build, doc, read_recipe
 from sophia_common.log import get_logger
 
-log = get_logger("rollout.question_filter")
+log = get_logger("sophia.rollout.question_filter")
 
 
 @dataclass

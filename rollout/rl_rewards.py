@@ -36,7 +36,7 @@ from rollout.verifier.judge import GenerativeJudge, from_config
 from sophia_common.config import doc
 from sophia_common.log import get_logger
 
-log = get_logger("rollout.rl_rewards")
+log = get_logger("sophia.rollout.rl_rewards")
 REWARDS = ("outcome", "judge", "srpo")
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _REFLECTION = re.compile(r"<reflection>(.*?)</reflection>", re.DOTALL)

@@ -47,7 +47,7 @@ JUDGE_REASON = "judge"
 CACHE_FILE = "judge_verdicts.jsonl"  # inside the store directory
 _VERDICT = re.compile(r"judge?ment\s*[:：=]?\s*\**\s*([01])\b", re.IGNORECASE)
 _LEADING_DIGIT = re.compile(r"\s*\**\s*([01])\b")
-log = get_logger("rollout.verifier.judge")
+log = get_logger("sophia.rollout.verifier.judge")
 
 
 @dataclass(frozen=True)

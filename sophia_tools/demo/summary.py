@@ -5,7 +5,7 @@ store and ``sophia-rollout stats``, the packed dataset's manifest, the trainer's
 ``sophia-convert verify``. Nothing is estimated or filled in.
 
 * :func:`analyse_store` — pass rates by difficulty and whether the captions that state the true
-  attribute earn higher caption rewards (read from the store's parquet shards, DESIGN §3.2);
+  attribute earn higher caption rewards (read from the store's parquet shards, docs/ALGORITHM.md §2);
 * :func:`compare_checkpoints` — which tensors the SOPHIA update changed (the language model) and
   which it left alone (the frozen vision tower and projector);
 * :func:`write_summary` — ``summary.json``, ``summary.txt``, ``loss.png`` and ``lengths.png``.

@@ -2,7 +2,7 @@
 
 The random tiny models of ``sophia_tools.tiny`` write random text: every reward would be 0 and
 Eq. 6 would select nothing. The paper warms the policy up with SFT on general VQA before
-sampling (DESIGN §1.2) and uses a strong reasoning LLM; the demo does the same at toy scale:
+sampling (docs/ALGORITHM.md §1.2) and uses a strong reasoning LLM; the demo does the same at toy scale:
 
 * **captioner** (the policy InternVL) — SFT on (image, the rollout's caption prompt -> the true
   description) with the project's own stack: ``sophia-convert hf-to-mcore`` (TP=2),

@@ -1,6 +1,6 @@
 """Tiny InternVL checkpoints in both Hugging Face formats, for offline tests of every component.
 
-Three shapes mirror the real families (DESIGN §3a) at toy width, keeping what matters to code that
+Three shapes mirror the real families (docs/ALGORITHM.md §3) at toy width, keeping what matters to code that
 loads, converts, shards or runs them: 448-pixel tiles of 14-pixel patches (1025 positions, 256 image
 tokens per tile after pixel shuffle 0.5), the vision flavour (InternViT-300M: LayerNorm, qkv bias;
 InternViT-6B: RMSNorm, full-width qk RMSNorm, a head count that does not divide 2), the projector,

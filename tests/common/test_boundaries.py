@@ -1,4 +1,4 @@
-"""DESIGN §2 house rules, enforced: one-way dependencies and light package imports."""
+"""The house rules of docs/ARCHITECTURE.md, enforced: one-way dependencies and light package imports."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def _assert_same_tensors(actual: dict, expected: dict) -> None:
 
 
 def design_original_keys(config: dict) -> set[str]:
-    """The original-format key set as DESIGN §5 lists it, for this config."""
+    """The original-format key set as the hub checkpoints spell it, for this config."""
     vision, llm = config["vision_config"], config["llm_config"]
     keys = {"vision_model.embeddings.class_embedding", "vision_model.embeddings.position_embedding",
             "vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.patch_embedding.bias"}
