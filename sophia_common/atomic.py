@@ -105,7 +105,12 @@ def publish_dir(temp: Path, out: str | Path, *, replace: bool = False) -> None:
     old = out.with_name(f"{out.name}{TEMP_MARK}old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
-    os.replace(temp, out)
+    try:
+        os.replace(temp, out)
+    except OSError:
+        if old.exists():  # put the previous output back: a failed publish loses nothing
+            os.replace(old, out)
+        raise
     fsync_path(out.parent)
     if old.exists():
         shutil.rmtree(old)
