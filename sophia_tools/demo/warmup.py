@@ -155,23 +155,25 @@ def finetune_reasoner(base: Path, data: Path, prompt: Path, out: Path, *, steps:
     seconds = time.perf_counter() - started
     model.eval()
     accuracy = _accuracy(model, tokenizer, test, template)
-    _save(model, base, out)
+    save_hf_model(model, base, out)
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "train_rows": len(train),
             "loss_first": losses[0], "loss_last": losses[-1], "tokens": tokens,
             "tokens_per_s": round(tokens / seconds, 1), "train_seconds": round(seconds, 1),
             "held_out_rows": len(test), "held_out_accuracy": round(accuracy, 4)}
 
 
-def _save(model: Any, base: Path, out: Path) -> None:
-    """Save to ``out`` atomically (temp dir + rename) with the base's tokenizer and generation config."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+def save_hf_model(model: Any, base: Path, out: Path) -> None:
+    """Save ``model`` to ``out`` atomically with the base checkpoint's tokenizer, processor and
+    generation config (the files ``save_pretrained`` does not write)."""
+    from sophia_common.atomic import publish_dir, temp_dir_for
+
+    tmp = temp_dir_for(out)
     model.save_pretrained(tmp, safe_serialization=True)
     for path in base.iterdir():
-        if path.name.startswith(("tokenizer", "special_tokens", "added_tokens", "generation_config")):
+        if path.name.startswith(("tokenizer", "special_tokens", "added_tokens", "preprocessor",
+                                 "generation_config")):
             shutil.copyfile(path, tmp / path.name)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    publish_dir(tmp, out, replace=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +64,9 @@ def warm_up(hf_dir: Path, questions: Path, out: Path, *, system: str | None, ste
         loss.backward()
         optimizer.step()
         losses.append(round(loss.item(), 4))
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    for path in hf_dir.iterdir():
-        if path.name.startswith(("tokenizer", "special_tokens", "preprocessor", "generation_config")):
-            shutil.copyfile(path, tmp / path.name)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    from sophia_tools.demo.warmup import save_hf_model
+
+    save_hf_model(model, hf_dir, out)
     return {"steps": steps, "loss_first": losses[0], "loss_last": losses[-1]}
 
 
