@@ -191,9 +191,16 @@ def heldout_command(demo: Demo, model: Path, out: Path, seed: int) -> list[str]:
 def stage_evaluate(demo: Demo) -> dict[str, Any]:
     """The policy answers held-out questions itself, before and after the update; the verifier scores."""
     models = {"before": demo.path("warmup", "captioner", "hf"), "after": demo.path("sophia", "hf")}
-    return {when: json_lines(demo.run(when, heldout_command(demo, model, demo.path("evaluate", when),
-                                                            demo.settings.seed)))[-1]
-            for when, model in models.items()}
+    results: dict[str, Any] = {
+        when: json_lines(demo.run(when, heldout_command(demo, model, demo.path("evaluate", when),
+                                                         demo.settings.seed)))[-1]
+        for when, model in models.items()}
+    # The user's command for the same question: per-benchmark delta with a paired bootstrap interval.
+    out = demo.path("evaluate", "compare")
+    demo.run("compare", [demo.python, "-m", "sophia_tools.eval_cli", "compare", str(demo.path("evaluate", "before")),
+                         str(demo.path("evaluate", "after")), "--out", str(out)])
+    results["compare"] = read_json(out / "compare.json")["benchmarks"]
+    return results
 
 
 STAGE_FUNCTIONS = {name: globals()[f"stage_{name}"] for name in STAGES}

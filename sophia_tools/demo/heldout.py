@@ -82,7 +82,7 @@ def evaluate_heldout(model: Path, questions: Path, out: Path, seed: int, overrid
 
     config = load_config(RECIPE, [f"eval.policy.seed={seed}", *overrides])
     evaluate(config, str(model), parse_benchmarks(f"{BENCHMARK}:jsonl={questions}"), out,
-             recipe_dir=RECIPE.parent, engine_factory=batched_engine)
+             engine_factory=batched_engine)
     return read_heldout(out)
 
 

@@ -264,7 +264,10 @@ def _eval_line(evaluation: dict[str, Any]) -> str:
     return (f"policy    answers {after['questions']} held-out questions itself (sophia-eval protocol, slow-thinking "
             "prompt): "
             f"pass@1 {_rate(before['correct'], before['questions'])} before the update -> "
-            f"{_rate(after['correct'], after['questions'])} after (by question type: {types})")
+            f"{_rate(after['correct'], after['questions'])} after (by question type: {types})"
+            + "".join(f"; sophia-eval compare: {row['delta']:+.2f} points, 95 % interval [{row['low']:+.2f}, "
+                      f"{row['high']:+.2f}]" for row in evaluation.get("compare", {}).values()
+                      if row.get("delta") is not None))
 
 
 def full_run_checks(n: dict[str, Any]) -> list[dict[str, Any]]:
