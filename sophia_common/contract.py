@@ -28,10 +28,11 @@ row ``i % packs_per_shard``: a resumed run seeks to its position in O(1).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sophia_common.atomic import write_text_atomic
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -107,13 +108,7 @@ def read_manifest(directory: str | Path) -> Manifest:
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> None:
     """Write the manifest atomically (temporary name, fsync, rename)."""
-    path = Path(directory) / MANIFEST_NAME
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(Path(directory) / MANIFEST_NAME, manifest.to_json())
 
 
 def check_compatible(manifest: Manifest, *, tokenizer_fingerprint: str, max_seq_len: int, where: str) -> None:
