@@ -109,7 +109,8 @@ def test_only_judgeable_rule_negatives_are_sent_and_verdicts_are_parsed(server, 
     assert judged[1] == rule_results[1] and judged[3] == rule_results[3]
     assert judged[4] == rule_results[4] and judged[5] == rule_results[5]
     assert judge.stats["overturned"] == 1 and judge.stats["unparsed"] == 1
-    first = server.prompts[0]
+    # requests run concurrently: find the prompt by its reference answer, not by arrival order
+    first = next(p for p in server.prompts if "Reference answer: 42\n" in p)
     assert "Question: 6 x 7?" in first and "\\boxed{\\text{forty-two}}" in first and "{response}" not in first
 
 
