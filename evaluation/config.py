@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from rollout.config import VerifierConfig
-from rollout.engines import EngineConfig
+from rollout.engine_api import EngineConfig
 from sophia_common.config import KNOWN_SECTIONS, ConfigError, build, doc, read_recipe
 
 SECTION = "eval"

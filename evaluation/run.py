@@ -47,7 +47,8 @@ from evaluation.tables import (
     Plan,
     read_table,
 )
-from rollout.engines import Engine, Failure, Request, SamplingParams, make_engine
+from rollout.engine_api import Engine, Failure, Request, SamplingParams
+from rollout.engines import make_engine
 from rollout.prompts import resolve_prompt_path
 from rollout.stages import chunks, generate_robustly
 from rollout.store import Store, reject_record

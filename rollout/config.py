@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rollout.engines import EngineConfig
+from rollout.engine_api import EngineConfig
 from rollout.prompts import PromptsConfig
 from rollout.rewards import Ablation
 from sophia_common.cli import UserError

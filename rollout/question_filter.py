@@ -54,7 +54,7 @@ class FilterSection:
 def load_filter(path: str | None, overrides: list[str]) -> tuple[FilterSection, Any, Any]:
     """(filter settings, generator EngineConfig, verifier settings) from the recipe's ``grpo`` section."""
     from rollout.config import VerifierConfig
-    from rollout.engines import EngineConfig
+    from rollout.engine_api import EngineConfig
 
     raw = read_recipe(path, overrides).get("grpo") or {}
     if "filter" not in raw or "generator" not in raw:
@@ -90,7 +90,7 @@ def verdict(pass_rate: float, settings: FilterSection) -> str:
 
 def filter_questions(settings: FilterSection, engine: Any, generator: Any, verify: Any) -> dict[str, Any]:
     """Sample, verify, record and write the kept questions; returns counts (see module doc)."""
-    from rollout.engines import Failure, Request, SamplingParams
+    from rollout.engine_api import Failure, Request, SamplingParams
     from rollout.inputs import read_inputs
 
     out = Path(settings.out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rollout.engines import FINISH_LENGTH
+from rollout.engine_api import FINISH_LENGTH
 from rollout.prompts import THINK_CLOSE, THINK_OPEN
 
 if TYPE_CHECKING:

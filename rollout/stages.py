@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
-from rollout.engines import (
+from rollout.engine_api import (
     ENGINE_ERROR,
     Completion,
     Engine,

@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rollout.engines import Engine, EngineConfig, Request, SamplingParams, VLLMEngine
+from rollout.engine_api import Engine, EngineConfig, Request, SamplingParams
+from rollout.engines import VLLMEngine
 
 CAPTION_TEXT = ("The image is a flat illustration on a white background. In the upper left there are three red "
                 "circles of equal size in a row; below them two blue squares, the left one larger. On the right a "

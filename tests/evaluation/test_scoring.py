@@ -8,10 +8,7 @@ reference and student lines, so the verdicts are known; it also records the prom
 
 from __future__ import annotations
 
-import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -19,6 +16,7 @@ from evaluation.config import EvalConfig, LLMScorerConfig
 from evaluation.formats import Question
 from evaluation.scoring import Item, Scorer, fill
 from rollout.verifier import extract_answer
+from tests.stand_in_server import StandInServer, chat_reply, prompt_of
 
 
 def question(answers=("3",), choices=None, judged=False, text="What is 1+2?") -> Question:
@@ -26,54 +24,34 @@ def question(answers=("3",), choices=None, judged=False, text="What is 1+2?") ->
                     category="all", images=(), judged=judged, location="test")
 
 
-class _StandInJudge(BaseHTTPRequestHandler):
-    prompts: list[str] = []
+class StandInJudge(StandInServer):
+    """Extraction prompts: the response's ``\\boxed{}``; judge prompts: 1 when the student's answer is
+    one of the references, an unreadable reply for 7, a full-width colon for 6; 400 on FAIL-THIS."""
 
-    def log_message(self, *args):
-        pass
+    models = ({"id": "stand-in-judge"},)
 
-    def _send(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        self._send(200, {"data": [{"id": "stand-in-judge"}]})
-
-    def do_POST(self):
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = request["messages"][0]["content"]
-        type(self).prompts.append(prompt)
+    def answer(self, path: str, body: dict) -> tuple[int, dict]:
+        prompt = prompt_of(body)
         real = prompt.split("Now the real one.")[-1]
         if "FAIL-THIS" in real:
-            self._send(400, {"error": {"message": "refused"}})
-            return
+            return 400, {"error": {"message": "refused"}}
         if "Extracted answer" in prompt:
             boxed = re.search(r"\\boxed\{([^}]*)\}", real)
-            text = f"Extracted answer: {boxed.group(1) if boxed else 'None'}"
-        else:
-            reference = re.search(r"Reference answer: (.*)", real).group(1).split(" or ")
-            student = re.search(r"Student's answer: (.*)", real).group(1).strip()
-            text = f"The student wrote {student}.\nJudgement: {int(student in reference)}"
-            if student == "7":
-                text = "I cannot tell."
-            elif student == "6":
-                text = "判断 Judgement：1"  # a full-width colon
-        self._send(200, {"choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}],
-                         "usage": {"completion_tokens": 5}})
+            return chat_reply(f"Extracted answer: {boxed.group(1) if boxed else 'None'}", 5)
+        reference = re.search(r"Reference answer: (.*)", real).group(1).split(" or ")
+        student = re.search(r"Student's answer: (.*)", real).group(1).strip()
+        text = f"The student wrote {student}.\nJudgement: {int(student in reference)}"
+        if student == "7":
+            text = "I cannot tell."
+        elif student == "6":
+            text = "判断 Judgement：1"  # a full-width colon
+        return chat_reply(text, 5)
 
 
 @pytest.fixture
-def judge_url():
-    _StandInJudge.prompts = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandInJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+def judge():
+    with StandInJudge() as server:
+        yield server
 
 
 def test_rules_scoring():
@@ -92,9 +70,9 @@ def test_rules_scoring():
     assert {v.method for v in verdicts} == {"rules-extract+rules"}
 
 
-def test_llm_extract_and_judge(judge_url):
+def test_llm_extract_and_judge(judge):
     """Judged benchmarks go to the judge; others are verified by rules on the LLM-extracted answer."""
-    config = EvalConfig(extract="llm", judge="llm", llm=LLMScorerConfig(base_url=judge_url))
+    config = EvalConfig(extract="llm", judge="llm", llm=LLMScorerConfig(base_url=judge.base_url))
     items = [Item(question(judged=True), "I get \\boxed{3}", False),            # judge says 1
              Item(question(judged=True), "I get \\boxed{5}", False),            # judge says 0
              Item(question(("0.5",)), "so \\boxed{1/2}", False),                 # rules: 1/2 = 0.5
@@ -108,9 +86,9 @@ def test_llm_extract_and_judge(judge_url):
         (False, "llm-extract+rules"), None]
     assert [verdicts[0].reason, verdicts[1].reason, verdicts[3].reason] == ["judge", "judge", "no_answer"]
     assert verdicts[2].extracted == "1/2"
-    extraction = next(p for p in _StandInJudge.prompts if "I get \\boxed{3}" in p)
+    extraction = next(p for p in judge.prompts if "I get \\boxed{3}" in p)
     assert extraction.rstrip().endswith("Question: What is 1+2?\nResponse: I get \\boxed{3}")
-    assert any("Reference answer: 3\nStudent's answer: 5" in p for p in _StandInJudge.prompts)
+    assert any("Reference answer: 3\nStudent's answer: 5" in p for p in judge.prompts)
 
 
 def test_llm_scoring_needs_a_server():
@@ -123,12 +101,12 @@ def test_fill_keeps_braces_of_values():
         "Q: {response} R: \\frac{1}{2}"
 
 
-def test_the_llm_judge_is_the_rollout_judge(judge_url):
+def test_the_llm_judge_is_the_rollout_judge(judge):
     """The evaluation judges through ``rollout.verifier.judge`` (one parser for both): an unreadable reply is
     ``judge_unparsable`` (scored wrong), a full-width colon is read; bug caught: a second parser drifting."""
     from rollout.verifier.judge import GenerativeJudge
 
-    config = EvalConfig(extract="llm", judge="llm", llm=LLMScorerConfig(base_url=judge_url))
+    config = EvalConfig(extract="llm", judge="llm", llm=LLMScorerConfig(base_url=judge.base_url))
     items = [Item(question(judged=True), "\\boxed{7}", False), Item(question(judged=True), "\\boxed{6}", False)]
     with Scorer(config) as scorer:
         assert isinstance(scorer.judge, GenerativeJudge)

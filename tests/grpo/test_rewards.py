@@ -39,9 +39,8 @@ def test_outcome_reward_is_the_verifier_and_truncation_scores_zero():
 
 @pytest.fixture
 def judge_server():
-    server = StandInJudgeServer()
-    yield server
-    server.close()
+    with StandInJudgeServer() as server:
+        yield server
 
 
 def _judge_reward(server):

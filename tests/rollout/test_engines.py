@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-from rollout.engines import (
+from rollout.engine_api import (
     FINISH_LENGTH,
     FINISH_STOP,
     UNREADABLE_IMAGE,
@@ -20,9 +20,9 @@ from rollout.engines import (
     Failure,
     Request,
     SamplingParams,
-    make_engine,
     request_seed,
 )
+from rollout.engines import make_engine
 from sophia_common.cli import UserError
 from sophia_common.config import ConfigError, build
 from tests.multirank import REPO, subprocess_env

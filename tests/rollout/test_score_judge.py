@@ -1,7 +1,7 @@
 """The score stage with the generative judge (``rollout.verifier.judge``) on a hand-built store.
 
-The fast tests use ``StandInJudgeServer``: a stand-in for the served judge model (a real stdlib HTTP
-server on 127.0.0.1 speaking the OpenAI protocol, replies scripted by the prompt), because what they
+The fast tests use ``StandInJudgeServer``: a stand-in for the served judge model (``tests.stand_in_server``:
+a real stdlib HTTP server on 127.0.0.1 speaking the OpenAI protocol, replies scripted by the prompt), because what they
 test is the plumbing — which answers go to the judge, caching in the store, provenance, a server that
 is down. The slow test serves the tiny reasoner with a real ``vllm serve`` and runs the stage against it.
 The rule verifier is the real one throughout.
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from rollout.local_server import free_port
+from tests.stand_in_server import StandInServer, chat_reply, prompt_of
 
 TEXTS = {  # n -> trajectory text; the gold answer is 42
     0: "Six sevens: \\boxed{42}.",  # rules: correct, never sent
@@ -26,55 +25,23 @@ TEXTS = {  # n -> trajectory text; the gold answer is 42
 }
 
 
-class StandInJudgeServer:
-    """Stand-in for a served judge model (OpenAI protocol on 127.0.0.1): ``Judgement: 1`` when the
-    student's solution says "forty-two", else ``Judgement: 0``; answers 400 while ``refuse`` is set."""
+class StandInJudgeServer(StandInServer):
+    """Stand-in for a served judge model: ``Judgement: 1`` when the student's solution says
+    "forty-two", else ``Judgement: 0``; answers 400 while ``refuse`` is set."""
 
-    def __init__(self) -> None:
-        self.prompts: list[str] = []
-        self.refuse = False
-        owner = self
+    models = ({"id": "stand-in-judge"},)
+    refuse = False
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._send(200, {"data": [{"id": "stand-in-judge"}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if owner.refuse:
-                    self._send(400, {"error": {"message": "refused"}})
-                    return
-                prompt = body["messages"][0]["content"]
-                owner.prompts.append(prompt)
-                reply = f"Judgement: {int('forty-two' in prompt.split('Student')[1])}"
-                self._send(200, {"choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": reply}}]})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def answer(self, path: str, body: dict) -> tuple[int, dict]:
+        if self.refuse:
+            return 400, {"error": {"message": "refused"}}
+        return chat_reply(f"Judgement: {int('forty-two' in prompt_of(body).split('Student')[1])}")
 
 
 @pytest.fixture
 def judge_server():
-    server = StandInJudgeServer()
-    yield server
-    server.close()
+    with StandInJudgeServer() as server:
+        yield server
 
 
 def _run(tmp_path, texts=TEXTS, **judge):
@@ -85,7 +52,7 @@ def _run(tmp_path, texts=TEXTS, **judge):
         RolloutConfig,
         RolloutVerifierConfig,
     )
-    from rollout.engines import EngineConfig
+    from rollout.engine_api import EngineConfig
     from rollout.pipeline import open_run
     from rollout.sharding import Shard
     from rollout.stages import CAPTIONS, TRAJECTORIES, as_arrow

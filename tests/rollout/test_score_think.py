@@ -26,7 +26,7 @@ TEXTS = {  # n -> (text, finish_reason)
 
 def _run(tmp_path, template: str, **verifier):
     from rollout.config import CaptionerConfig, ReasonerConfig, RolloutConfig, VerifierConfig
-    from rollout.engines import EngineConfig
+    from rollout.engine_api import EngineConfig
     from rollout.pipeline import open_run
     from rollout.sharding import Shard
 

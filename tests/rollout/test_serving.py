@@ -1,7 +1,7 @@
 """Served generation: the OpenAI client and engine against a scripted localhost server, then (slow) real vLLM.
 
-Fast tests use ``FakeServer``, a mock of an OpenAI-compatible server (a real HTTP server on
-127.0.0.1 whose answers are scripted per prompt), to pin down ordering, seeds, retries, failures
+Fast tests use ``FakeServer``, a mock of an OpenAI-compatible server (``tests.stand_in_server``: a
+real HTTP server on 127.0.0.1 whose answers are scripted per prompt), to pin down ordering, seeds, retries, failures
 and the clear error of an unreachable server. Slow tests start real ``vllm`` servers on localhost
 (module-scoped, few starts): the caption stage on images served and in-process, the reason stage
 served, and the fault drill (SIGKILL mid-stage, restart, rerun: every key exactly once).
@@ -12,22 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rollout.engines import (
-    FINISH_LENGTH,
-    PROMPT_TOO_LONG,
-    EngineConfig,
-    Failure,
-    Request,
-    SamplingParams,
-    make_engine,
-)
+from rollout.engine_api import FINISH_LENGTH, PROMPT_TOO_LONG, EngineConfig, Failure, Request, SamplingParams
+from rollout.engines import make_engine
 from rollout.local_server import free_port
 from rollout.openai_client import (
     ENGINE_ERROR,
@@ -41,9 +32,10 @@ from rollout.openai_engine import server_mm_args
 from rollout.store import TRANSIENT_REASONS
 from sophia_common.cli import UserError
 from tests.multirank import REPO, subprocess_env
+from tests.stand_in_server import StandInServer
 
 
-class FakeServer:
+class FakeServer(StandInServer):
     """Mock OpenAI-compatible server: ``/v1/models`` lists ``tiny``; completions answer by prompt.
 
     Prompt text ``flaky`` fails with 503 twice then answers; ``broken`` always answers 500;
@@ -52,44 +44,14 @@ class FakeServer:
     """
 
     def __init__(self, max_model_len: int = 64):
-        self.bodies: list[dict] = []
         self.attempts: Counter[str] = Counter()
-        self.headers: list[dict] = []
-        self.max_model_len = max_model_len
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._send(200, {"data": [{"id": "tiny", "max_model_len": server.max_model_len}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.headers.append(dict(self.headers))
-                status, payload = server.answer(self.path, body)
-                self._send(status, payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.models = ({"id": "tiny", "max_model_len": max_model_len},)
+        super().__init__()
 
     def answer(self, path: str, body: dict) -> tuple[int, dict]:
         prompt = body.get("prompt") if path == "/v1/completions" else json.dumps(body["messages"])
         label = prompt if isinstance(prompt, str) else f"ids:{len(prompt)}"
         self.attempts[label] += 1
-        self.bodies.append(body)
         if label == "flaky" and self.attempts[label] <= 2 or label == "broken":
             return (503 if label == "flaky" else 500), {"error": "busy"}
         if label == "long":
@@ -100,14 +62,6 @@ class FakeServer:
                     "token_ids": list(range(i + 1)), "finish_reason": "length" if i else "stop"}
                    for i in reversed(range(body["n"]))]  # out of order on purpose
         return 200, {"choices": choices, "usage": {"completion_tokens": 99}}
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def test_client_keeps_order_seeds_and_per_choice_token_counts():
@@ -168,7 +122,7 @@ def test_openai_engine_renders_locally_cuts_max_tokens_and_rejects_long_prompts(
     assert isinstance(too_long, Failure) and too_long.reason == PROMPT_TOO_LONG
     (body,) = server.bodies  # the long prompt never left the client
     assert body["prompt"] == ids and body["max_tokens"] == 20 and body["n"] == 2
-    from rollout.engines import request_seed
+    from rollout.engine_api import request_seed
 
     assert body["seed"] == request_seed(0, "a")
     assert [(c.num_tokens, c.finish_reason) for c in ok] == [(1, "stop"), (2, FINISH_LENGTH)]

@@ -1,16 +1,14 @@
 """The optional generative judge: which results it re-judges, prompt, parsing, cache, timeouts, a down server.
 
-Fast tests use ``ScriptedJudgeServer``, a mock OpenAI-compatible server (a real HTTP server on
-127.0.0.1 whose replies are scripted by the prompt), because what is tested is the plumbing, not a
+Fast tests use ``ScriptedJudgeServer``, a mock OpenAI-compatible server (``tests.stand_in_server``: a
+real HTTP server on 127.0.0.1 whose replies are scripted by the prompt), because what is tested is the plumbing, not a
 model. The slow test serves the tiny reasoner with a real vLLM server and runs the judge against it.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,63 +17,30 @@ from rollout.local_server import free_port
 from rollout.verifier import Result, verify_batch
 from rollout.verifier.judge import GenerativeJudge, JudgeSettings, parse_judgement
 from sophia_common.cli import UserError
+from tests.stand_in_server import StandInServer, chat_reply, prompt_of
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = str(REPO / "configs" / "prompts" / "judge.txt")
 
 
-class ScriptedJudgeServer:
+class ScriptedJudgeServer(StandInServer):
     """Mock judge server: replies ``Judgement: 1`` when the reference answer is 42, ``maybe`` for 43,
-    sleeps 5 s for 44, else ``Judgement: 0``; records every prompt."""
+    sleeps 5 s for 44, else ``Judgement: 0``."""
 
-    def __init__(self) -> None:
-        self.prompts: list[str] = []
-        server = self
+    models = ({"id": "judge-model", "max_model_len": 4096},)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._send({"data": [{"id": "judge-model", "max_model_len": 4096}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][0]["content"] if "messages" in body else body["prompt"]
-                server.prompts.append(prompt)
-                reply = "Judgement: 0"
-                if "Reference answer: 42\n" in prompt:
-                    reply = "Judgement: 1"
-                elif "Reference answer: 43\n" in prompt:
-                    reply = "maybe"
-                elif "Reference answer: 44\n" in prompt:
-                    time.sleep(5)
-                choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply},
-                          "text": reply}
-                self._send({"choices": [choice], "usage": {"completion_tokens": 3}})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def answer(self, path: str, body: dict) -> tuple[int, dict]:
+        prompt = prompt_of(body)
+        if "Reference answer: 44\n" in prompt:
+            time.sleep(5)
+        return chat_reply("Judgement: 1" if "Reference answer: 42\n" in prompt
+                          else "maybe" if "Reference answer: 43\n" in prompt else "Judgement: 0")
 
 
 @pytest.fixture
 def server():
-    scripted = ScriptedJudgeServer()
-    yield scripted
-    scripted.close()
+    with ScriptedJudgeServer() as scripted:
+        yield scripted
 
 
 def _settings(base_url: str, **overrides) -> JudgeSettings:

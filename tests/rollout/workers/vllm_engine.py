@@ -11,7 +11,8 @@ import sys
 
 
 def main(model: str) -> None:
-    from rollout.engines import EngineConfig, Failure, Request, SamplingParams, make_engine
+    from rollout.engine_api import EngineConfig, Failure, Request, SamplingParams
+    from rollout.engines import make_engine
 
     config = EngineConfig(model=model, engine="vllm", dtype="bfloat16", enforce_eager=True, max_model_len=512,
                           max_num_seqs=16, max_tokens=16, seed=0)
