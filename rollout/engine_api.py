@@ -120,6 +120,15 @@ class Failure:
     detail: str
 
 
+RECIPE_SECTIONS = ("rollout", "grpo", "eval")
+
+
+def recipe_key(role: str) -> str:
+    """The recipe key of an engine's role, for error messages: ``captioner`` and ``reasoner.easy`` live
+    under ``rollout.``; ``grpo.generator``, ``grpo.judge`` and ``eval.policy`` are already full keys."""
+    return role if role.split(".")[0] in RECIPE_SECTIONS else f"rollout.{role}"
+
+
 def request_seed(seed: int | None, key: str) -> int | None:
     """The per-request seed: stable across runs, machines and batchings (blake2b, 31 bits)."""
     if seed is None:

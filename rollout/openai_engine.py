@@ -43,6 +43,7 @@ from rollout.engine_api import (
     SamplingParams,
     internvl_tiling_kwargs,
     load_rgb,
+    recipe_key,
     request_seed,
 )
 from rollout.openai_client import Choice, OpenAIClient, RequestFailure, ServerUnreachable, image_data_url
@@ -67,7 +68,7 @@ def resolve_base_url(config: EngineConfig, role: str) -> str:
     path, deadline = Path(config.endpoint_file), time.monotonic() + config.wait_for_server_s
     while not (path.is_file() and path.read_text().strip()):
         if time.monotonic() >= deadline:
-            raise UserError(f"rollout.{role}.endpoint_file: {path} does not exist (yet); is the server job "
+            raise UserError(f"{recipe_key(role)}.endpoint_file: {path} does not exist (yet); is the server job "
                             "(launchers/serve.sh) running? Raise wait_for_server_s to wait for it")
         time.sleep(min(5.0, max(deadline - time.monotonic(), 0.05)))
     return path.read_text().strip().splitlines()[0].strip()
@@ -78,7 +79,7 @@ def api_key(config: EngineConfig, role: str) -> str | None:
         return None
     key = os.environ.get(config.api_key_env)
     if not key:
-        raise UserError(f"rollout.{role}.api_key_env: the environment variable {config.api_key_env} is not set")
+        raise UserError(f"{recipe_key(role)}.api_key_env: the environment variable {config.api_key_env} is not set")
     return key
 
 
@@ -105,7 +106,7 @@ class OpenAIEngine(Engine):
         try:
             return AutoTokenizer.from_pretrained(self.config.model, **remote)
         except (OSError, ValueError) as exc:
-            raise UserError(f"rollout.{self.role}.model: cannot load a tokenizer from {self.config.model} "
+            raise UserError(f"{recipe_key(self.role)}.model: cannot load a tokenizer from {self.config.model} "
                             f"({exc}); point it at the served checkpoint's dir, or leave it empty") from exc
 
     def _body(self, request: Request, max_tokens: int) -> tuple[str, Any, int] | Failure:
@@ -164,7 +165,7 @@ class OpenAIEngine(Engine):
         if choice.n_tokens is not None:
             return choice.n_tokens
         if self.tokenizer is None:
-            raise UserError(f"rollout.{self.role}: the server at {self.client.base_url} reports no token count "
+            raise UserError(f"{recipe_key(self.role)}: the server at {self.client.base_url} reports no token count "
                             "per completion; set model to the served checkpoint's dir so they can be counted")
         return len(self.tokenizer.encode(choice.text, add_special_tokens=False))
 

@@ -156,7 +156,7 @@ def make_reward(settings: RewardSettings, verify: Callable[[list[dict]], list],
     if settings.kind == "outcome":
         return lambda items: outcome_rewards(items, verify)
     if settings.kind == "judge":
-        judge = from_config(settings.judge, None)  # no verdict cache: every step's rollouts are new
+        judge = from_config(settings.judge, None, section="grpo.judge")  # no verdict cache: every step's rollouts are new
         return lambda items: judge_rewards(items, verify, judge)
     if settings.kind == "srpo":
         counter = count_tokens or (lambda text: len(text.split()))

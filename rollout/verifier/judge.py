@@ -278,10 +278,10 @@ def judge_identity(config: Any) -> dict[str, Any] | None:
             "endpoint": config.endpoint}
 
 
-def _recipe_template(config: Any) -> str:
+def _recipe_template(config: Any, section: str = "rollout.verifier.judge") -> str:
     from rollout.prompts import resolve_prompt_path
 
-    return read_template(resolve_prompt_path(config.prompt), "rollout.verifier.judge.prompt")
+    return read_template(resolve_prompt_path(config.prompt), f"{section}.prompt")
 
 
 def open_judge(config: Any, store_root: Path) -> GenerativeJudge | None:
@@ -289,13 +289,14 @@ def open_judge(config: Any, store_root: Path) -> GenerativeJudge | None:
     return None if config is None or not config.enabled else from_config(config, store_root / CACHE_FILE)
 
 
-def from_config(config: Any, cache_path: str | Path | None) -> GenerativeJudge:
-    """A judge from the recipe's ``rollout.verifier.judge`` (server from base_url or endpoint_file)."""
+def from_config(config: Any, cache_path: str | Path | None,
+                section: str = "rollout.verifier.judge") -> GenerativeJudge:
+    """A judge from the recipe section ``section`` (a ``JudgeConfig``; server from base_url or
+    endpoint_file); errors name the section's keys."""
     from rollout.openai_engine import api_key, resolve_base_url
 
-    role = "verifier.judge"
-    settings = JudgeSettings(base_url=resolve_base_url(config, role), model=config.model,
+    settings = JudgeSettings(base_url=resolve_base_url(config, section), model=config.model,
                              endpoint=config.endpoint, max_tokens=config.max_tokens, timeout_s=config.timeout_s,
                              retries=config.retries, concurrency=config.concurrency, on_error=config.on_error,
-                             cache_path=str(cache_path) if cache_path else None, api_key=api_key(config, role))
-    return GenerativeJudge(settings, template=_recipe_template(config))
+                             cache_path=str(cache_path) if cache_path else None, api_key=api_key(config, section))
+    return GenerativeJudge(settings, template=_recipe_template(config, section))

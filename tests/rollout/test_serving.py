@@ -132,8 +132,11 @@ def test_openai_engine_renders_locally_cuts_max_tokens_and_rejects_long_prompts(
 def test_openai_engine_finds_its_server_or_says_what_is_missing(tiny_root, tmp_path, monkeypatch):
     endpoint = tmp_path / "reasoner.endpoint"
     config = EngineConfig(engine="openai", endpoint_file=str(endpoint), served_model="tiny")
-    with pytest.raises(UserError, match="reasoner.easy.endpoint_file: .*does not exist"):
+    with pytest.raises(UserError, match="^rollout.reasoner.easy.endpoint_file: .*does not exist"):
         make_engine(config, "reasoner.easy", vision=False)
+    for section in ("eval.policy", "grpo.generator"):  # bug caught: every error named rollout.<role>
+        with pytest.raises(UserError, match=f"^{section}.endpoint_file: .*does not exist"):
+            make_engine(config, section, vision=True)
     with pytest.raises(UserError, match="needs base_url .* or endpoint_file"):
         make_engine(EngineConfig(engine="openai"), "reasoner.easy", vision=False)
     with pytest.raises(UserError, match="api_key_env: the environment variable NOPE_UNSET_KEY"):

@@ -166,3 +166,15 @@ def test_a_response_holding_a_placeholder_is_kept_as_written():
     text = judge.prompt({"response": "I write {extracted} and {answer} here: \\boxed{5}", "answer": "6"},
                         Result(False, "5", "mismatch"))
     assert "I write {extracted} and {answer} here" in text and "Reference answer: 6\n" in text
+
+
+def test_a_judge_built_for_another_section_names_that_sections_keys(tmp_path):
+    """Bug caught: GRPO's ``grpo.judge`` errors named ``rollout.verifier.judge.*`` (a key the user never set)."""
+    from rollout.config import JudgeConfig
+    from rollout.verifier.judge import from_config
+
+    config = JudgeConfig(enabled=True, model="m", endpoint_file=str(tmp_path / "none"), wait_for_server_s=0)
+    with pytest.raises(UserError, match="^grpo.judge.endpoint_file: "):
+        from_config(config, None, section="grpo.judge")
+    with pytest.raises(UserError, match="^rollout.verifier.judge.prompt"):
+        from_config(JudgeConfig(enabled=True, model="m", base_url="http://127.0.0.1:9", prompt="nope.txt"), None)
