@@ -12,7 +12,8 @@
 # of checkpoint.export_hf of the SOPHIA run) and checkpoints to its own GRPO_SAVE directory, so the
 # SOPHIA run's checkpoints are never touched. The recipe's grpo: section holds the paper's settings
 # (64 questions x 8 rollouts, clip 0.2, no KL, lr 5e-7); grpo.questions must exist (sophia-rollout
-# filter). Rank 0 also runs the generator and the verifier. SIGUSR1 before the time limit: the loop
+# filter). Rank 0 also runs the generator (vLLM colocated on its node's GPUs, asleep during each
+# update, given the new weights after it) and the verifier. SIGUSR1 before the time limit: the loop
 # checkpoints at the next step boundary and exits 0, this script requeues, the job resumes (the
 # interrupted step's rollouts are regenerated identically from their seeds).
 # Knobs (CONFIG, OVERRIDES, PYTHON, CONTAINER_*, NCCL_*, REQUEUE, MAX_REQUEUES ...): launchers/common.sh.

@@ -76,6 +76,7 @@ class PolicyBatch:
     sequences: int
     real_tokens: int
     ref_logprobs: Any = None    # log π_ref of the labels (last stage), when the KL term is on
+    scored: Any = None          # log π of the labels from a forward-only pass (last stage)
 
 
 def build_policy_batch(samples: list[PolicySample], *, pad_to: int = 1, load_pixels: bool = True) -> PolicyBatch:
@@ -148,25 +149,45 @@ class PolicyTrainer(Trainer):
                                                 vision_dtype=r.model.vision_dtype, mcore_dir=r.model.mcore_dir)
             self.reference.requires_grad_(False)
 
-    def _reference_forward_step(self, data_iterator: Any, model: Any) -> Any:
+    def _scoring_forward_step(self, data_iterator: Any, model: Any) -> Any:
         mb: PolicyBatch = next(data_iterator)
         output = self._forward(model, mb)
-        return output, functools.partial(self._store_reference, mb=mb)
+        return output, functools.partial(self._store_logprobs, mb=mb)
 
-    def _store_reference(self, output: Any, mb: PolicyBatch) -> Any:
+    def _store_logprobs(self, output: Any, mb: PolicyBatch) -> Any:
         from sophia_megatron.train.grpo_loss import token_logprobs
 
         with torch.no_grad():
-            logits = self.reference.mask_padded_vocab(output.float() / self.settings.temperature)
-            mb.ref_logprobs = token_logprobs(logits, mb.labels.to(self.device)).detach()
+            logits = self.model.mask_padded_vocab(output.float() / self.settings.temperature)
+            mb.scored = token_logprobs(logits, mb.labels.to(self.device)).detach()
         zero = torch.zeros((), device=self.device)
         return zero, torch.ones((), dtype=torch.int, device=self.device), {}
 
-    def _reference_logprobs(self, batches: list[PolicyBatch]) -> None:
-        """log π_ref of every micro-batch's labels, by a forward-only pass of the frozen reference."""
-        engine.forward_backward(self._reference_forward_step, iter(batches), [self.reference],
+    def _score(self, model: Any, batches: list[PolicyBatch]) -> None:
+        """``mb.scored`` = log softmax(logits / T)[label] of every micro-batch (last stage), forward only."""
+        engine.forward_backward(self._scoring_forward_step, iter(batches), [model],
                                 num_microbatches=len(batches), seq_length=max(mb.tokens.shape[1] for mb in batches),
                                 micro_batch_size=1, forward_only=True)
+
+    def _reference_logprobs(self, batches: list[PolicyBatch]) -> None:
+        """log π_ref of every micro-batch's labels, by a forward-only pass of the frozen reference."""
+        self._score(self.reference, batches)
+        for mb in batches:
+            mb.ref_logprobs, mb.scored = mb.scored, None
+
+    def sampled_logprobs(self, samples: list[PolicySample]) -> list[list[float]] | None:
+        """log π_θ of every response token of this data-parallel rank's share of ``samples`` (all of them
+        at DP 1) at the current weights, without an update; ``None`` off the last pipeline stage."""
+        batches = self.micro_batches(samples)
+        self._score(self.ddp, batches)
+        if not self.pstate.is_last_stage:
+            return None
+        out = []
+        for mb in batches:
+            scored, mask, bounds = mb.scored[0].cpu(), mb.loss_mask[0], mb.cu_seqlens.tolist()
+            for start, end in zip(bounds[:mb.sequences], bounds[1:mb.sequences + 1], strict=True):
+                out.append(scored[start:end][mask[start:end] > 0].tolist())
+        return out
 
     def _forward(self, model: Any, mb: PolicyBatch) -> Any:
         te, dev = self.recipe.model.spec == "te", self.device

@@ -56,12 +56,18 @@ class GrpoSection:
     generator: EngineConfig = field(default_factory=EngineConfig)
     filter: FilterSection = field(default_factory=FilterSection)
     save_rollouts: bool = doc("write every step's rollouts to checkpoint.save_dir/rollouts/ (JSONL)", True)
+    vllm_sleep_mode: bool = doc("engine vllm: put vLLM to sleep during the update (weights to host memory, KV "
+                                "cache freed) so the colocated trainer gets the GPU memory; GPU only, vLLM's CPU "
+                                "backend has no sleep mode", False)
+    sync_chunk_mb: int = doc("engine vllm: megabytes of weights per weight-sync RPC into vLLM", 512)
 
     def __post_init__(self) -> None:
         if self.rollouts_per_question < 2:
             raise ValueError("grpo.rollouts_per_question must be >= 2 (advantages are group-relative)")
         if self.questions_per_step < 1 or self.steps < 1 or self.max_tokens < 1:
             raise ValueError("grpo.questions_per_step, grpo.steps and grpo.max_tokens must be >= 1")
+        if self.sync_chunk_mb < 1:
+            raise ValueError("grpo.sync_chunk_mb must be >= 1")
         if not 0 < self.clip_eps < 1 or self.kl_coef < 0:
             raise ValueError("need 0 < grpo.clip_eps < 1 and grpo.kl_coef >= 0")
         if self.reward == "judge" and not (self.judge.model and (self.judge.base_url or self.judge.endpoint_file)):

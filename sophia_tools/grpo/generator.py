@@ -10,8 +10,8 @@ image tiling, per-request seeds ``request_seed(seed, key)``) with what GRPO need
 * ``load_weights(named)``: copy transformers-native ``(name, tensor)`` pairs (the weight sync's
   stream) into the model's parameters, in place.
 
-Any other generator (vLLM colocated or on rollout nodes) implements the same two methods; see
-docs/GRPO.md for the vLLM plan. Used on CPU (tests, demo) and for small models.
+``sophia_tools.grpo.vllm_generator`` implements the same methods on vLLM (GPU clusters). This one is
+used on CPU (tests, demo) and for small models.
 """
 
 from __future__ import annotations
@@ -94,6 +94,9 @@ class TransformersPolicyGenerator(TransformersEngine):
                 target.copy_(tensor.to(target.dtype))
                 count += 1
         return count
+
+    def sleep(self) -> None:
+        """Nothing to free before the update (vLLM's generator frees its memory here)."""
 
     def sample(self, request: Request, *, n: int, temperature: float, top_p: float, max_tokens: int,
                seed: int | None) -> list[Rollout]:

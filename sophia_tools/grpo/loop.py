@@ -12,7 +12,9 @@ Per step s (every rank runs the loop; global rank 0 holds the generator and the 
    or 1 (or equal rewards) dropped and counted; the kept rollouts are broadcast to every rank;
 4. **train** — one optimizer step of ``PolicyTrainer`` (clipped token-level loss), which also
    recomputes the logprobs of the sampled tokens (the ``mismatch`` metric);
-5. **sync** — the trainer's weights streamed into the generator through the converter's tables.
+5. **sync** — the trainer's weights streamed into the generator through the converter's tables
+   (``grpo.generator.engine``: transformers in this process, or vLLM colocated, put to sleep
+   during the update with ``grpo.vllm_sleep_mode`` and woken for the sync).
 
 Metrics of every step go to TensorBoard and JSON lines (the trainer's sinks): reward mean, pass
 rate, groups kept/dropped, response length, loss, clip fraction, entropy, KL (if on), mismatch,
@@ -61,16 +63,28 @@ def read_questions(path: str) -> list[dict[str, Any]]:
              "image": str(r.image) if isinstance(r.image, Path) else r.image} for r in inputs.rows]
 
 
+def make_generator(grpo: GrpoSection) -> Any:
+    """The generator ``grpo.generator.engine`` names: vLLM (GPU clusters; also vLLM's CPU backend) or
+    transformers (CPU)."""
+    if grpo.generator.engine == "vllm":
+        from sophia_tools.grpo.vllm_generator import VLLMPolicyGenerator
+
+        return VLLMPolicyGenerator(grpo.generator, max_tiles=grpo.max_tiles, sleep_mode=grpo.vllm_sleep_mode,
+                                   sync_chunk_mb=grpo.sync_chunk_mb)
+    from sophia_tools.grpo.generator import TransformersPolicyGenerator
+
+    return TransformersPolicyGenerator(grpo.generator, max_tiles=grpo.max_tiles)
+
+
 class Rollouts:
     """Rank 0's side: the generator, the verifier, the reward plug-in and the questions."""
 
     def __init__(self, grpo: GrpoSection) -> None:
         from rollout.rl_rewards import make_reward
         from rollout.verifier import VerifierPool
-        from sophia_tools.grpo.generator import TransformersPolicyGenerator
 
         self.grpo = grpo
-        self.generator = TransformersPolicyGenerator(grpo.generator, max_tiles=grpo.max_tiles)
+        self.generator = make_generator(grpo)
         self.pool = VerifierPool(workers=grpo.verifier.workers, timeout_s=grpo.verifier.timeout_s)
         tokenizer = self.generator.tokenizer
         self.reward = make_reward(grpo.rewards, self.pool.verify_batch,
@@ -217,6 +231,8 @@ class GrpoLoop:
         samples, metrics = self._broadcast((samples, metrics))
         generated = time.perf_counter()
         enough = len(samples) >= self.trainer.pstate.dp
+        if enough and self.rollouts is not None:
+            self.rollouts.generator.sleep()  # vLLM sleep mode: the update gets the accelerator's memory
         update = self.trainer.train_on(samples) if enough else self.trainer.no_update()
         trained = time.perf_counter()
         sync_seconds = self.sync() if enough else 0.0
@@ -306,11 +322,11 @@ def run_grpo(config: str | None, overrides: list[str]) -> list[dict[str, Any]]:
     from sophia_tools.grpo.config import grpo_train_recipe, load_grpo
 
     grpo = load_grpo(config, overrides)
-    if grpo.generator.engine != "transformers":  # checked on every rank, before any collective
+    if grpo.generator.engine not in ("transformers", "vllm"):  # checked on every rank, before any collective
         from sophia_common.cli import UserError
 
-        raise UserError("grpo.generator.engine: only 'transformers' is implemented for GRPO so far (vLLM "
-                        "generation with weight sync into vLLM is planned, see docs/GRPO.md)")
+        raise UserError(f"grpo.generator.engine: {grpo.generator.engine} cannot take the trainer's weights after "
+                        "every update; use vllm (in-process, colocated) or transformers (CPU)")
     # GRPO's data are grpo.questions; the SOPHIA packed dataset (data.path) is not read.
     overrides = [*overrides, f"data.path={Path(grpo.questions).resolve().parent}"]
     recipe = grpo_train_recipe(load_train_recipe(config, overrides), grpo)

@@ -40,7 +40,7 @@ def test_bad_input_names_the_key(tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     ([], "grpo.questions is not set"),
-    (["grpo.questions=q.jsonl", "grpo.generator.engine=vllm"], "only 'transformers' is implemented"),
+    (["grpo.questions=q.jsonl", "grpo.generator.engine=openai"], "openai cannot take the trainer's weights"),
 ])
 def test_sophia_train_grpo_refuses_with_one_line(tmp_path, extra, message):
     import subprocess
