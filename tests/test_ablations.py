@@ -134,7 +134,7 @@ def test_checks_fail_on_empty_selection_or_no_lift():
 
 def run_smoke(workdir) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "sophia_tools.ablations", "--smoke", "--workdir", str(workdir)],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 

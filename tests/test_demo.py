@@ -2,9 +2,10 @@
 
 Fast checks (no subprocess) cover the synthetic task (deterministic files; the generators really
 make caption rewards and trajectory lengths informative), the reasoner's prompt rendering (the same
-text ``sophia-rollout reason`` sends), the caption check, the workdir guard, and the checks a
-full-size run must pass (trajectories selected; held-out pass@1 after the update above before it).
-The full-size run is too slow for the suite (about 10 minutes on 2 cores): ``make demo`` makes
+text ``sophia-rollout reason`` sends), the caption check, the caption engine the demo's rollout
+commands ask for (vLLM, transformers as the fallback), the workdir guard, and the checks a full-size
+run must pass (trajectories selected; held-out pass@1 after the update above before it). The
+full-size run is too slow for the suite (about 10 minutes on 2 cores): ``make demo`` makes
 those checks itself and exits non-zero when one fails, and ``make ablations`` makes them for every
 arm and seed. The ``--fast`` run below is a smoke test of the pipeline: at its sizes the models are
 barely warmed up, so it asserts that every number in the summary is the one its stage's files hold,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -122,9 +124,31 @@ def test_reasoner_prompt_matches_the_rollout():
 def test_workdir_refuses_other_settings(tmp_path):
     Demo(tmp_path, FAST, echo=lambda _: None).check_settings()
     Demo(tmp_path, FAST, echo=lambda _: None).check_settings()
-    with pytest.raises(DemoError, match="made with the --fast settings, this run asks for the full"):
+    with pytest.raises(DemoError, match=r"made with the --fast \(vllm captioner\) settings, this run asks for "
+                                        r"the full \(vllm captioner\)"):
         Demo(tmp_path, FULL, echo=lambda _: None).check_settings()
+    with pytest.raises(DemoError, match=r"asks for the --fast \(transformers captioner\) ones"):
+        Demo(tmp_path, replace(FAST, captioner_engine="transformers"), echo=lambda _: None).check_settings()
     assert override("a.b", tmp_path / "x y") == f'a.b="{tmp_path}/x y"'
+
+
+def test_demo_captions_on_vllm_with_the_recipe_cpu_options_and_falls_back_to_transformers(tmp_path):
+    """The rollout commands the demo (and the ablations) run caption on vLLM in eager mode, fp32, with
+    room for a tile's 256 image tokens; ``--captioner-engine transformers`` switches only the engine."""
+    from rollout.config import load_config
+    from sophia_tools.demo import RECIPE
+    from sophia_tools.demo.__main__ import rollout_overrides
+
+    def captioner(settings):
+        return load_config(RECIPE, rollout_overrides(Demo(tmp_path, settings, echo=lambda _: None))).captioner
+
+    on_vllm = captioner(FULL)
+    assert (on_vllm.engine, on_vllm.dtype, on_vllm.enforce_eager) == ("vllm", "float32", True)
+    assert on_vllm.max_model_len >= 256 + 512 and on_vllm.K == FULL.K and on_vllm.max_tokens == FULL.caption_max_tokens
+    fallback = captioner(replace(FAST, captioner_engine="transformers"))
+    assert fallback.engine == "transformers" and fallback.K == FAST.K
+    with pytest.raises(DemoError, match="captioner engine 'tgi'"):
+        captioner(replace(FAST, captioner_engine="tgi"))
 
 
 def test_failing_stage_names_itself_and_shows_the_log(tmp_path):
@@ -140,7 +164,7 @@ def test_failing_stage_names_itself_and_shows_the_log(tmp_path):
 
 def run_demo(workdir) -> dict:
     proc = subprocess.run([sys.executable, "-m", "sophia_tools.demo", "--workdir", str(workdir), "--fast"],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["table"] in proc.stdout
@@ -185,6 +209,12 @@ def test_demo_smoke_fast_end_to_end_then_reused(tmp_path):
     assert len(n["loss"]) == settings["sophia_steps"] and all(v == v and v > 0 for v in n["loss"])
     assert n["loss_first"] == n["loss"][0] and n["loss_last"] == n["loss"][-1]
     assert n["verify_max_abs_diff"] <= 1e-4
+    # The policy captioned on real vLLM: the caption table's provenance names the engine, and the
+    # warmed-up export kept the image tokens vLLM's InternVL processor reads from the tokenizer config.
+    caption_table = json.loads((workdir / "store" / "captions" / "_table.json").read_text())
+    assert n["captioner_engine"] == caption_table["provenance"]["captioner"]["engine"] == "vllm"
+    exported = json.loads((workdir / "warmup" / "captioner" / "hf" / "tokenizer_config.json").read_text())
+    assert exported["extra_special_tokens"]["context_image_token"] == "<IMG_CONTEXT>"
     lm, frozen = n["tensors"]["language_model"], n["tensors"]["frozen_vision_and_projector"]
     assert lm["changed"] == lm["tensors"] > 0 and frozen["changed"] == 0 < frozen["tensors"]
     for name in ("loss_png", "lengths_png"):

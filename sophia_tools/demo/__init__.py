@@ -1,11 +1,13 @@
 """``make demo``: the whole SOPHIA loop end to end on CPU, with tiny models and a synthetic image task.
 
-    python -m sophia_tools.demo [--workdir .demo] [--fast]
+    python -m sophia_tools.demo [--workdir .demo] [--fast] [--captioner-engine vllm|transformers]
 
 What it does, stage by stage (each one a real command of the three packages, run as a subprocess
 so that rollout, training and conversion each run as they would in their own environment):
 
-1. ``fixtures`` — the tiny offline models and tokenizers (``python -m sophia_tools.tiny``);
+1. ``fixtures`` — the tiny offline models and tokenizers (``python -m sophia_tools.tiny``); the
+   policy is ``vllm_policy``, a tiny InternVL3-like model (InternViT-300M-like tower, Qwen2 language
+   model with head_dim 64, the smallest vLLM's CPU attention accepts) in the ``-hf`` layout;
 2. ``task`` — coloured-circle images with colour / count questions and gold answers
    (:mod:`sophia_tools.demo.task`);
 3. ``warmup_captioner`` — the policy InternVL learns to describe such images: ``sophia-convert
@@ -13,9 +15,10 @@ so that rollout, training and conversion each run as they would in their own env
    ranks, exported to HF (:mod:`sophia_tools.demo.warmup`);
 4. ``warmup_reasoner`` — the tiny reasoning LLM learns to answer from a description (plain PyTorch);
 5. ``convert_policy`` — the warmed-up policy to Megatron TP=2, where the update starts from;
-6. ``rollout`` — ``sophia-rollout run``: K captions per image by the policy (Transformers engine:
-   vLLM cannot run InternVL images on CPU), N trajectories per caption by the reasoner on real
-   vLLM (CPU), verifier scores, caption rewards, Keep-1 selection; then ``sophia-rollout stats``;
+6. ``rollout`` — ``sophia-rollout run``: K captions per image by the policy on real vLLM (CPU,
+   images through vLLM's InternVL processor; ``--captioner-engine transformers`` is the fallback
+   where vLLM cannot run), N trajectories per caption by the reasoner on real vLLM (CPU), verifier
+   scores, caption rewards, Keep-1 selection; then ``sophia-rollout stats``;
 7. ``pack`` — the selected trajectories plus a few text-only and VQA samples;
 8. ``train`` — the SOPHIA update on two ranks (Megatron-Core, TP=2), exported to HF;
 9. ``verify`` — the export converted back to Megatron TP=2 and compared with transformers
@@ -43,7 +46,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,7 @@ class DemoSettings:
     eval_temperature: float = 0.0  # the held-out evaluation: 0 greedy, else sampled (paper: 1.0)
     eval_top_p: float = 1.0  # its nucleus mass when sampling (paper: 0.8)
     seed: int = 0  # seed of the task and the warm-ups
+    captioner_engine: str = "vllm"  # the rollout's captioner: vllm (CPU) or transformers (fallback)
 
 
 FULL = DemoSettings()
@@ -85,7 +89,12 @@ FAST = DemoSettings(images=4, warmup_images=8, captioner_steps=4, reasoner_sampl
 
 
 def _settings_name(settings: dict[str, Any]) -> str:
-    return {str(asdict(FULL)): "the full", str(asdict(FAST)): "the --fast"}.get(str(settings), "other")
+    """"the full", "the --fast" or "other", plus the captioner engine: how a workdir's settings read."""
+    sizes = {key: value for key, value in settings.items() if key != "captioner_engine"}
+    known = {str(asdict(replace(preset, captioner_engine=""))): name
+             for preset, name in ((FULL, "the full"), (FAST, "the --fast"))}
+    name = known.get(str({**sizes, "captioner_engine": ""}), "other")
+    return f"{name} ({settings.get('captioner_engine', 'transformers')} captioner)"
 
 
 class DemoError(RuntimeError):

@@ -1,4 +1,5 @@
-"""``python -m sophia_tools.demo [--workdir .demo] [--fast]``: the SOPHIA demo (see the package docstring).
+"""``python -m sophia_tools.demo [--workdir .demo] [--fast] [--captioner-engine E]``: the SOPHIA demo
+(see the package docstring).
 
 Each ``stage_*`` function below runs one stage's commands through :class:`sophia_tools.demo.Demo`
 and returns the numbers the summary reports; :func:`main` runs them in order.
@@ -11,6 +12,7 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ from sophia_tools.demo import FAST, FULL, RECIPE, Demo, DemoError, json_lines, o
 
 STAGES = ("fixtures", "task", "warmup_captioner", "warmup_reasoner", "convert_policy", "rollout", "pack",
           "train", "verify", "evaluate")
-BASE_POLICY = "vit300m_qwen2_hf"  # tiny InternVL3-like: InternViT-300M-like tower, Qwen2 language model
+BASE_POLICY = "vllm_policy"  # tiny InternVL3-like (-hf layout): InternViT-300M-like tower, Qwen2 LM, head_dim 64
+BASE_POLICY_DTYPE = "float32"  # its weights: fp32 like the CPU trainer and both caption engines
+CAPTIONER_ENGINES = ("vllm", "transformers")
 
 
 def prompt_file(name: str) -> Path:
@@ -46,7 +50,8 @@ def training_numbers(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def stage_fixtures(demo: Demo) -> dict[str, Any]:
-    out = demo.run("build", [demo.python, "-m", "sophia_tools.tiny", "--out", str(demo.path("tiny"))])
+    out = demo.run("build", [demo.python, "-m", "sophia_tools.tiny", "--out", str(demo.path("tiny")),
+                             "--vllm-policy-dtype", BASE_POLICY_DTYPE])
     return {"dir": str(demo.path("tiny")),
             "fixtures": [line.split()[0] for line in out.splitlines() if line.strip()]}
 
@@ -105,8 +110,15 @@ def stage_convert_policy(demo: Demo) -> dict[str, Any]:
 
 
 def rollout_overrides(demo: Demo) -> list[str]:
+    """The recipe overrides of every ``sophia-rollout`` command of the demo (and of the ablations).
+
+    The captioner runs on the engine the settings name; the recipe's ``rollout.captioner`` section
+    holds the vLLM CPU options (eager mode, ``max_model_len``, fp32) the ``vllm`` engine uses.
+    """
     s = demo.settings
-    return [override("rollout.inputs", [str(demo.path("task", "rollout_inputs.jsonl"))]),
+    if s.captioner_engine not in CAPTIONER_ENGINES:
+        raise DemoError(f"captioner engine {s.captioner_engine!r}: use one of {', '.join(CAPTIONER_ENGINES)}")
+    return [override("rollout.captioner.engine", s.captioner_engine),override("rollout.inputs", [str(demo.path("task", "rollout_inputs.jsonl"))]),
             override("rollout.store_dir", demo.path("store")),
             override("rollout.selected_out", demo.path("store", "selected.jsonl")),
             override("rollout.captioner.model", demo.path("warmup", "captioner", "hf")),
@@ -117,6 +129,7 @@ def rollout_overrides(demo: Demo) -> list[str]:
 
 
 def stage_rollout(demo: Demo) -> dict[str, Any]:
+    from rollout.store import Store
     from sophia_tools.demo.signals import rollout_signals
     from sophia_tools.demo.summary import analyse_store
 
@@ -130,7 +143,10 @@ def stage_rollout(demo: Demo) -> dict[str, Any]:
                              alpha=stats["selection"]["alpha"])
     analysis["signals"] = rollout_signals(demo.path("store"), demo.path("task", "rollout_inputs.jsonl"),
                                           alpha=stats["selection"]["alpha"])
-    return {"reports": {report["stage"]: report for report in reports}, "stats": stats, "analysis": analysis}
+    # The engine that wrote the captions, as the store recorded it (the caption table's provenance).
+    engine = (Store(demo.path("store")).table("captions").provenance or {}).get("captioner", {}).get("engine")
+    return {"reports": {report["stage"]: report for report in reports}, "stats": stats, "analysis": analysis,
+            "captioner_engine": engine}
 
 
 def stage_pack(demo: Demo) -> dict[str, Any]:
@@ -212,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="where everything goes (default .demo)")
     parser.add_argument("--fast", action="store_true",
                         help="tiny sizes: the whole loop in a few minutes (tests)")
+    parser.add_argument("--captioner-engine", choices=CAPTIONER_ENGINES, default="vllm",
+                        help="engine of the rollout's captioner: vllm (default; real vLLM on CPU) or "
+                             "transformers (the fallback where vLLM cannot run)")
     args = parser.parse_args(argv)
     from sophia_tools.demo.summary import write_summary
 
     started = time.perf_counter()
-    demo = Demo(args.workdir, FAST if args.fast else FULL)
+    demo = Demo(args.workdir, replace(FAST if args.fast else FULL, captioner_engine=args.captioner_engine))
     try:
         demo.check_settings()
         for name in STAGES:

@@ -34,11 +34,12 @@ How the demo data and models are made:
     drawn with PIL from a seed; each rollout image gets one question, alternating "What colour are the
     shapes?" (difficulty easy) and "How many circles?" (hard); the gold answers come from the drawing.
     The held-out evaluation uses yet other images.
-  * Policy: the tiny InternVL fixture (random InternViT-300M-like tower and projector, frozen; a 4-layer
-    Qwen2 language model), warmed up by SFT on Megatron (TP=2) to describe *other* images of the same
-    kind with the rollout's caption prompt; 30% of those descriptions leave the count or the colour out
-    ("some red shapes"), so sampled captions sometimes do too. A frozen random ViT separates colour and
-    circle count, not position, so only those are asked.
+  * Policy: the tiny InternVL fixture vLLM's CPU backend accepts (random InternViT-300M-like tower and
+    projector, frozen; a 2-layer Qwen2 language model with head_dim 64), warmed up by SFT on Megatron
+    (TP=2) to describe *other* images of the same kind with the rollout's caption prompt; 30% of those
+    descriptions leave the count or the colour out ("some red shapes"), so sampled captions sometimes do
+    too. At rollout it captions on real vLLM (CPU) unless --captioner-engine transformers says otherwise.
+    A frozen random ViT separates colour and circle count, not position, so only those are asked.
   * Reasoner: the tiny Qwen2 fixture, fine-tuned (plain PyTorch) to answer a question from a
     description with a <think> trajectory and \\boxed{}: it answers what the description says (so a
     wrong caption leads it to a wrong answer); 40% of its trajectories take a detour (a wrong value,
@@ -162,7 +163,7 @@ def numbers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "captions_stating_answer": analysis["captions_stating_answer"],
         "reward_mean_stating_answer": analysis["reward_mean_stating_answer"],
         "reward_mean_not_stating_answer": analysis["reward_mean_not_stating_answer"],
-        "signals": analysis.get("signals"),
+        "signals": analysis.get("signals"), "captioner_engine": rollout.get("captioner_engine"),
         "selected": counts["selected"], "questions_decided": counts["decisions"],
         "alpha": stats["selection"]["alpha"],
         "rejects": stats["rejects"], "caption_seconds": reports.get("caption", {}).get("seconds"),
@@ -220,7 +221,8 @@ def format_table(summary: dict[str, Any]) -> str:
     lm, frozen = tensors.get("language_model", {}), tensors.get("frozen_vision_and_projector", {})
     stating, captions = n["captions_stating_answer"], n["captions"]
     lines += [
-        "", "rollout (the policy captions, the reasoner reasons on vLLM, the verifier scores)",
+        "", f"rollout (the policy captions on {n['captioner_engine']}, the reasoner reasons on vLLM, "
+            "the verifier scores)",
         f"  images / questions            {n['images']} / {n['questions']}",
         f"  captions (images x K)         {captions}",
         f"  trajectories (captions x N)   {n['trajectories']}",
@@ -280,7 +282,7 @@ def full_run_checks(n: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_summary(demo: Demo, wall_seconds: float) -> dict[str, Any]:
     """Write summary.json / summary.txt / loss.png / lengths.png into the workdir; returns the summary."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from sophia_tools.demo import FAST, write_json
 
@@ -292,7 +294,8 @@ def write_summary(demo: Demo, wall_seconds: float) -> dict[str, Any]:
                  "SOPHIA update": n["loss"]}, Path(files["loss_png"]))
     shutil.copyfile(demo.path("rollout_stats", "lengths.png"), files["lengths_png"])
     summary = {
-        "workdir": str(demo.workdir), "mode": "fast" if demo.settings == FAST else "full",
+        "workdir": str(demo.workdir),
+        "mode": "fast" if replace(demo.settings, captioner_engine=FAST.captioner_engine) == FAST else "full",
         "settings": asdict(demo.settings), "numbers": n, "wall_seconds": round(wall_seconds, 2),
         "stages_seconds": round(sum(result["seconds"] for result in results.values()), 2),
         "stages": {name: {"reused": result["reused"], "seconds": result["seconds"],

@@ -145,7 +145,8 @@ def test_cli_prints_every_path(tiny_root, capsys):
     root = next(iter(tiny_root.values())).parent
     assert main(["--out", str(root)]) == 0
     printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
-    assert set(printed) == EXPECTED_KEYS and printed["reasoner"] == str(tiny_root["reasoner"])
+    assert set(printed) == EXPECTED_KEYS | {"vllm_policy"} and printed["reasoner"] == str(tiny_root["reasoner"])
+    assert (Path(printed["vllm_policy"]) / "config.json").is_file()  # the policy make demo captions with on vLLM
 
 
 def test_imports_are_light():
