@@ -7,7 +7,7 @@ What: ``make_engine(config, role, vision)`` builds the engine a recipe names for
 
 where a ``Request`` is chat messages plus an optional encoded image and a stable ``key``, and
 ``SamplingParams(n, temperature, top_p, max_tokens, seed)`` applies to every request of the call
-(the types live in ``rollout.engine_api`` and are re-exported here). A ``Completion`` keeps the
+(the types live in ``rollout.engine_api``). A ``Completion`` keeps the
 text, its token count and the finish reason (``length`` = cut at ``max_tokens``). A request the
 engine can tell is unusable (unreadable image, prompt longer than the context) comes back as a
 ``Failure`` with a reason; a failure of the whole call raises, and the stage retries its requests
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from rollout.engine_api import (
-    ENGINE_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
     PROMPT_TOO_LONG,
@@ -58,9 +57,7 @@ from rollout.engine_api import (
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger
 
-__all__ = ["ENGINE_ERROR", "FINISH_LENGTH", "FINISH_STOP", "PROMPT_TOO_LONG", "TRANSFORMERS_INTERNVL",
-           "UNREADABLE_IMAGE", "Completion", "Engine", "EngineConfig", "Failure", "Request", "SamplingParams",
-           "TransformersEngine", "VLLMEngine", "check_model", "make_engine", "read_architectures", "request_seed"]
+__all__ = ["TransformersEngine", "VLLMEngine", "check_model", "make_engine"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 log = get_logger("sophia.rollout.engines")

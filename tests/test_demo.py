@@ -239,7 +239,8 @@ def test_batched_engine_answers_as_the_one_at_a_time_engine(tiny_root, tmp_path)
     (a right-padded or mask-less batch changes every answer but the longest prompt's)."""
     import random
 
-    from rollout.engines import EngineConfig, Request, SamplingParams, TransformersEngine
+    from rollout.engine_api import EngineConfig, Request, SamplingParams
+    from rollout.engines import TransformersEngine
     from sophia_tools.demo.heldout import BatchedTransformersEngine
 
     scenes = [random_scene(random.Random(seed)) for seed in range(3)]

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rollout.engines import Completion, Failure, Request, SamplingParams, TransformersEngine, request_seed
+from rollout.engine_api import Completion, Failure, Request, SamplingParams, request_seed
+from rollout.engines import TransformersEngine
 
 BENCHMARK = "circles"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rollout.config import JudgeConfig, VerifierConfig
-from rollout.engines import EngineConfig
+from rollout.engine_api import EngineConfig
 from rollout.question_filter import FilterSection
 from rollout.rl_rewards import RewardSettings, SrpoSettings
 from sophia_common.config import ConfigError, build, doc, read_recipe

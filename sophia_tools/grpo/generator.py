@@ -21,7 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rollout.engines import EngineConfig, Request, TransformersEngine, request_seed
+from rollout.engine_api import EngineConfig, Request, request_seed
+from rollout.engines import TransformersEngine
 
 
 @dataclass

@@ -34,7 +34,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from rollout.engines import FINISH_LENGTH, EngineConfig, Failure, Request, SamplingParams, VLLMEngine
+from rollout.engine_api import FINISH_LENGTH, EngineConfig, Failure, Request, SamplingParams
+from rollout.engines import VLLMEngine
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger
 from sophia_tools.grpo.generator import Rollout, plain_torch_factories

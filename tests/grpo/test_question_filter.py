@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from rollout.engines import Completion, Failure
+from rollout.engine_api import Completion, Failure
 from rollout.question_filter import FilterSection, filter_questions, progress_path
 from rollout.verifier import verify_batch
 from tests.multirank import REPO, subprocess_env

@@ -49,7 +49,7 @@ def vllm_policy(tmp_path_factory):
 
 def test_sleep_mode_is_refused_on_the_cpu_backend():
     pytest.importorskip("vllm")
-    from rollout.engines import EngineConfig
+    from rollout.engine_api import EngineConfig
     from sophia_common.cli import UserError
     from sophia_tools.grpo.vllm_generator import VLLMPolicyGenerator
 

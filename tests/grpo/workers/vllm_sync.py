@@ -25,7 +25,7 @@ def mean_abs(trainer: list[list[float]], generator: list[list[float]]) -> tuple[
 
 def main() -> None:
     mcore, hf, questions, out = sys.argv[1:5]
-    from rollout.engines import EngineConfig
+    from rollout.engine_api import EngineConfig
     from sophia_common.config import build
     from sophia_megatron.parallel import destroy_parallel
     from sophia_megatron.train.config import TrainRecipe
