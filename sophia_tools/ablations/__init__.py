@@ -70,7 +70,7 @@ class AblationSettings:
     shared: DemoSettings = field(default_factory=lambda: replace(
         FULL, images=160, eval_images=200, mix_samples=0, eval_temperature=1.0, eval_top_p=0.8))
     seeds: tuple[int, ...] = (0, 1, 2)  # per seed: selection draws, data order, evaluation sampling
-    steps: int = 30  # optimizer steps of every arm
+    steps: int = 90  # optimizer steps of every arm (30 and 60 left every arm near 0: docs/ABLATIONS.md)
     packs_per_step: int = 2  # packs (of pack.max_seq_len tokens at most) per optimizer step
     arms: tuple[str, ...] = tuple(arm.name for arm in ARMS)
 
