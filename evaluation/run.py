@@ -126,9 +126,13 @@ def _plan(spec: BenchmarkSpec, config: EvalConfig, system: str, settings: dict, 
     questions = read_benchmark(spec.name, spec.format, spec.path, config.response_hint)
     turns = [messages(question, system) for question in questions]
     keys = [generation_key(question, turn, settings) for question, turn in zip(questions, turns, strict=True)]
+    # Seeds come from the question, prompt and sampling, never from the model's files: two models (or
+    # the same weights saved again) answer with the same random draws, so a paired compare is fair.
+    sampling = {key: value for key, value in settings.items() if key != "model"}
+    draw_keys = [generation_key(question, turn, sampling) for question, turn in zip(questions, turns, strict=True)]
     store = Store(out_dir / spec.name / "store", writer="eval")
     log.info("%s: %d questions from %s (%s)", spec.name, len(questions), spec.path, spec.format)
-    return Plan(spec, questions, turns, keys, store, samples=config.samples)
+    return Plan(spec, questions, turns, keys, store, samples=config.samples, draw_keys=draw_keys)
 
 
 # ---------------------------------------------------------------- generation
@@ -154,7 +158,7 @@ def _generate(plans: list[Plan], config: EvalConfig, policy: Any, engine_factory
             responses = plan.store.table(RESPONSES, RESPONSE_KEYS)
             for batch in chunks(todo, config.batch_size):
                 images = {index: request_image(plan.questions[index], config.composite_side) for index, _ in batch}
-                requests = [Request(plan.turns[index], key=f"{plan.keys[index]}:{sample}", image=images[index])
+                requests = [Request(plan.turns[index], key=f"{plan.draw_keys[index]}:{sample}", image=images[index])
                             for index, sample in batch]
                 outputs = generate_robustly(engine, requests, params)
                 rows, rejects = _records(plan, batch, outputs)

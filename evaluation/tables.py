@@ -8,7 +8,7 @@ serve. ``key`` is the content key of ``evaluation.requests.generation_key``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Plan:
     turns: list[tuple[dict[str, str], ...]]
     keys: list[str]
     store: Store
+    draw_keys: list[str] = field(default_factory=list)  # per-request seeds: the keys without the model
     samples: int = 1
     generated: int = 0
     scored: int = 0

@@ -129,3 +129,24 @@ def test_sigkill_then_resume_without_recomputing(tiny_root, benchmarks, tmp_path
     assert len(after) == 8 and all(after[path] == mtime for path, mtime in before.items())
     assert all(results["benchmarks"][name]["missing"] == 0 for name in names)
     assert sum(results["benchmarks"][name]["n"] for name in names) == 4
+
+
+def test_the_same_weights_saved_again_draw_the_same_samples(tiny_root, benchmarks, tmp_path):
+    """Per-request seeds come from question, prompt and sampling, not from the model's files: a copy of
+    the weights (new mtimes, so a new store key) answers with the same draws, and so does any other model
+    (paired comparisons share their random numbers). Bug caught: seeds keyed by the model fingerprint."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_root["vit300m_qwen2_hf"], copy, copy_function=shutil.copy)  # fresh mtimes
+    config = load_config(REPO / "configs" / "tiny.yaml", ["samples=2", *CPU, "policy.temperature=1.0"])
+    specs = parse_benchmarks(spec_text(benchmarks, ["generic"]))
+    answers, keys = [], []
+    for name, model in (("original", tiny_root["vit300m_qwen2_hf"]), ("copy", copy)):
+        factory = CountingFactory()
+        evaluate(config, model, specs, tmp_path / name, engine_factory=factory)
+        records = [json.loads(line) for line in (tmp_path / name / "generic" / "records.jsonl").read_text().splitlines()]
+        answers.append(sorted((r["id"], r["sample"], r["response"]) for r in records))
+        keys.append(sorted(factory.requests))
+    assert keys[0] == keys[1] and len(keys[0]) == 4
+    assert answers[0] == answers[1] and len({a[2] for a in answers[0]}) > 1  # sampled, and the same draws
