@@ -1,12 +1,13 @@
 """HF InternVL -> Megatron-LM torch checkpoint, streamed: one pass, every rank file at once.
 
 ``hf_to_mcore`` plans every rank file from the safetensors headers alone (names, dtypes,
-shapes via meta tensors), opens one streaming writer per (TP, PP) rank, then walks the
-mapping table once: each source tensor is read, transformed, cut into its TP pieces,
-written to the rank files that hold it, and freed. Peak memory is a few times the largest
-tensor, whatever the model size. Output goes to ``OUT.tmp-<pid>`` and is renamed at the end,
-so an interrupted run never leaves a directory that looks complete (and the next run removes
-the temporaries of killed ones, see ``conversion.output``).
+shapes; ``conversion.piece_plan``), opens one streaming writer per (TP, PP) rank, then walks
+the mapping table once, handing each row's TP pieces to the writer threads of the rank files
+that hold them (``conversion.piece_reader``): most pieces are copied from the shards to the rank
+files inside the kernel, row-parallel ones are read into a reused ring buffer. Peak memory is
+bounded by that ring and a budget of rows in flight, whatever the model size. Output goes to
+``OUT.tmp-<pid>`` and is renamed at the end, so an interrupted run never leaves a directory that
+looks complete (and the next run removes the temporaries of killed ones, see ``conversion.output``).
 
 Fused tensors (q/k/v, gate/up) of mixed dtypes become one tensor of the promoted dtype (exact:
 bf16 and fp16 are subsets of fp32); the metadata's ``hf_dtypes`` records each source tensor
@@ -24,7 +25,9 @@ Layout written (what ``sophia_megatron`` loads)::
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ from typing import Any
 
 from conversion.arch import InternVLArch, padded_vocab_size
 from conversion.hf_checkpoint import HFCheckpoint
-from conversion.internvl_mapping import Row, RowSharder, expand, expected_hf_shapes, table
+from conversion.internvl_mapping import Row, expand, expected_hf_shapes, table
 from conversion.megatron_layout import (
     layer_index,
     on_stage,
@@ -43,6 +46,8 @@ from conversion.megatron_layout import (
     tp_mapping,
 )
 from conversion.output import check_output_path, write_output_dir
+from conversion.piece_plan import is_row_parallel, piece_spec
+from conversion.piece_reader import PieceReader, RingArena, RowPlan
 from conversion.torch_stream import StreamingTorchWriter, TensorSpec
 from sophia_common.cli import UserError
 from sophia_common.log import get_logger, progress
@@ -145,17 +150,15 @@ def check_shapes(ckpt: HFCheckpoint, rows: list[Row]) -> None:
 
 
 def plan_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout) -> dict[tuple[int, int], dict]:
-    """Every rank file's ``{local name: TensorSpec}``, computed on meta tensors (no data read)."""
-    import torch
-
+    """Every rank file's ``{local name: TensorSpec}``, from the headers alone (no data read)."""
     specs: dict[tuple[int, int], dict[str, TensorSpec]] = {rank: {} for rank in layout.ranks()}
     for row in rows:
-        metas = [torch.empty(ckpt.shape(h), dtype=getattr(torch, ckpt.dtype(h)), device="meta") for h in row.hf]
-        sharder = RowSharder(row.transform, metas, tp_mapping(row.megatron, gated_mlp=True), layout.tp)
+        shapes, dtypes = [ckpt.shape(h) for h in row.hf], [ckpt.torch_dtype(h) for h in row.hf]
+        mapping = tp_mapping(row.megatron, gated_mlp=True)
         for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
             for tp_rank in writer_ranks(row.megatron, layout):
-                piece = sharder.piece(tp_rank)
-                specs[(tp_rank, pp_rank)][local] = TensorSpec(piece.dtype, tuple(piece.shape))
+                specs[(tp_rank, pp_rank)][local] = piece_spec(row.transform, mapping, shapes, dtypes, layout.tp,
+                                                              tp_rank)
     return specs
 
 
@@ -180,19 +183,14 @@ class ReadAhead:
 
 
 def _nbytes(ckpt: HFCheckpoint, hf_name: str) -> int:
-    import torch
-
-    count = 1
-    for dim in ckpt.shape(hf_name):
-        count *= dim
-    return count * getattr(torch, ckpt.dtype(hf_name)).itemsize
+    return math.prod(ckpt.shape(hf_name)) * ckpt.torch_dtype(hf_name).itemsize
 
 
 class RankFiles:
     """The open rank files, each written by its own thread (the zip writer releases the GIL).
 
     Writes of one file stay in order (one thread per file); different files are written at the
-    same time, and all of it overlaps the reading and cutting of the next row in the caller.
+    same time, and all of it overlaps the reading of the next rows in the caller.
     """
 
     def __init__(self, specs: dict[tuple[int, int], dict[str, TensorSpec]], layout: Layout, iter_dir: Path) -> None:
@@ -206,51 +204,120 @@ class RankFiles:
     def submit(self, rank: tuple[int, int], name: str, tensor: Any) -> Future:
         return self.pools[rank].submit(self.writers[rank].write, name, tensor)
 
+    def submit_ranges(self, rank: tuple[int, int], name: str, spec: TensorSpec, ranges: list) -> Future:
+        return self.pools[rank].submit(self.writers[rank].write_ranges, name, spec, ranges)
+
     def close(self, complete: bool) -> None:
         """Wait for the writer threads; finish the files only if every tensor was written."""
         for pool in self.pools.values():
-            pool.shutdown(wait=True)
-        if complete:
-            for writer in self.writers.values():
+            pool.shutdown(wait=True, cancel_futures=not complete)
+        for writer in self.writers.values():
+            if complete:
                 writer.close()
+            writer.release()
 
 
-def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_dir: Path) -> int:
+class RowsInFlight:
+    """Rows whose pieces are being written, oldest first; finishing one makes room for the next.
+
+    Every row counts its source bytes against ``budget`` (this bounds the kernel's read-ahead and
+    the memory of rows read whole); a row read into memory also holds a stretch of the arena.
+    """
+
+    def __init__(self, arena: RingArena, budget: int, bar: Any) -> None:
+        self.arena, self.budget, self.bar = arena, budget, bar
+        self.rows: deque[tuple[list[tuple[Future, int]], bool, int]] = deque()
+        self.source_bytes = self.written = 0
+
+    def finish_oldest(self) -> None:
+        futures, in_arena, source_bytes = self.rows.popleft()
+        for future, nbytes in futures:
+            future.result()
+            self.bar.update(nbytes)
+            self.written += nbytes
+        if in_arena:
+            self.arena.release_oldest()
+        self.source_bytes -= source_bytes
+
+    def room_for(self, source_bytes: int) -> None:
+        while self.rows and self.source_bytes + source_bytes > self.budget:
+            self.finish_oldest()
+
+    def memory_for(self, nbytes: int) -> tuple[Any, bool]:
+        """(uint8 memory of ``nbytes``, whether it is in the arena), waiting for older rows as needed."""
+        import torch
+
+        while (start := self.arena.take(nbytes)) is None and self.rows:
+            self.finish_oldest()
+        if start is None:  # larger than the whole arena: fresh memory for this row alone
+            return torch.empty(nbytes, dtype=torch.uint8), False
+        return self.arena.memory[start:start + nbytes], True
+
+    def add(self, futures: list[tuple[Future, int]], in_arena: bool, source_bytes: int) -> None:
+        self.rows.append((futures, in_arena, source_bytes))
+        self.source_bytes += source_bytes
+
+
+def submit_row(files: RankFiles, reader: PieceReader, flight: RowsInFlight, row: Row, plan: RowPlan | None,
+               places: list[tuple[int, str]], layout: Layout, source_bytes: int) -> None:
+    """Hand one row's pieces to the rank files' writer threads, by the cheapest route the row allows.
+
+    Dim-0 pieces are copied from the shards to the rank files inside the kernel (no read into this
+    process); row-parallel pieces are read into the arena (``preadv`` straight into the TP slices);
+    the rest is read whole and cut.
+    """
+    flight.room_for(source_bytes)
+    ranks = writer_ranks(row.megatron, layout)
+    in_arena = False
+    if plan is not None and not is_row_parallel(plan.mapping):
+        ranges = reader.file_ranges(row, plan, layout.tp)
+        spec = {r: plan.specs.get(r) or next(iter(plan.specs.values())) for r in ranks}
+        futures = [(files.submit_ranges((r, pp), f"model/{local}", spec[r], ranges[r]), spec[r].nbytes)
+                   for pp, local in places for r in ranks]
+    else:
+        if plan is not None:
+            memory, in_arena = flight.memory_for(plan.nbytes)
+            pieces = reader.read(row, plan, layout.tp, memory)
+        else:
+            pieces = reader.read_whole(row, tp_mapping(row.megatron, gated_mlp=True), layout.tp, ranks)
+        futures = [(files.submit((r, pp), f"model/{local}", piece), piece.numel() * piece.element_size())
+                   for pp, local in places for r, piece in pieces.items()]
+    flight.add(futures, in_arena, source_bytes)
+
+
+def write_rank_files(ckpt: HFCheckpoint, rows: list[Row], layout: Layout, iter_dir: Path,
+                     budget: int = 1 << 30) -> int:
     """Stream every mapped tensor into the rank files; returns bytes written.
 
-    Row k's pieces are written while row k + 1 is read and cut; waiting for row k - 1's writes
-    before going on keeps at most two rows in memory, whatever the depth of the model.
+    Rows are handed to the rank files' writer threads in order (``submit_row``) while earlier rows
+    are still being written, up to ``budget`` source bytes in flight. Rows read into memory use
+    one ring (``RingArena``) of twice the largest such row, reused from row to row, so memory is
+    bounded whatever the depth of the model.
     """
     specs = plan_rank_files(ckpt, rows, layout)
     files = RankFiles(specs, layout, iter_dir)
+    reader, ahead = PieceReader(ckpt), ReadAhead(ckpt, rows)
+    plans = [reader.plan(row, tp_mapping(row.megatron, gated_mlp=True), layout.tp, writer_ranks(row.megatron, layout))
+             for row in rows]
+    in_memory = [p.nbytes for p in plans if p is not None and is_row_parallel(p.mapping)]
+    arena = RingArena(2 * max(in_memory, default=0))
     total = sum(spec.nbytes for model_specs in specs.values() for spec in model_specs.values())
-    written = 0
     try:
         with progress(total=total, unit="B", unit_scale=True, desc="hf-to-mcore") as bar:
-            previous: list[tuple[Future, int]] = []
-            ahead = ReadAhead(ckpt, rows)
-            for index, row in enumerate(rows):
+            flight = RowsInFlight(arena, budget, bar)
+            for index, (row, plan) in enumerate(zip(rows, plans, strict=True)):
                 ahead.up_to(index)
-                sharder = RowSharder(row.transform, [ckpt.get(h) for h in row.hf],
-                                     tp_mapping(row.megatron, gated_mlp=True), layout.tp)
-                current = []
-                for pp_rank, local in placements(row.megatron, ckpt.arch, layout):
-                    for tp_rank in writer_ranks(row.megatron, layout):
-                        piece = sharder.piece(tp_rank)
-                        current.append((files.submit((tp_rank, pp_rank), f"model/{local}", piece),
-                                        piece.numel() * piece.element_size()))
-                        del piece
-                del sharder
-                for future, nbytes in previous + (current if index == len(rows) - 1 else []):
-                    future.result()
-                    written += nbytes
-                    bar.update(nbytes)
-                previous = current
+                submit_row(files, reader, flight, row, plan, placements(row.megatron, ckpt.arch, layout), layout,
+                           ahead.sizes[index])
+            while flight.rows:
+                flight.finish_oldest()
     except BaseException:
         files.close(complete=False)
         raise
+    finally:
+        reader.close()
     files.close(complete=True)
-    return written
+    return flight.written
 
 
 def fused_dtype_overrides(ckpt: HFCheckpoint, rows: list[Row]) -> dict[str, str]:

@@ -27,7 +27,8 @@ from sophia_common.cli import UserError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-           "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+           "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+           "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
 def tied_embedding_keys(config: dict[str, Any]) -> str | None:
@@ -78,6 +79,24 @@ def data_ranges(path: Path) -> dict[str, tuple[int, int]]:
     header.pop("__metadata__", None)
     return {name: (8 + header_len + int(v["data_offsets"][0]), 8 + header_len + int(v["data_offsets"][1]))
             for name, v in header.items()}
+
+
+def preadv_exact(fd: int, buffers: list[memoryview], offset: int, path: Any) -> None:
+    """Fill ``buffers`` in order from ``offset`` of the open file (short reads resumed; EOF is an error)."""
+    import os
+
+    limit = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+    i = 0
+    while i < len(buffers):
+        got = os.preadv(fd, buffers[i:i + limit], offset)
+        if got == 0:
+            raise UserError(f"{path}: truncated (no data at byte {offset})")
+        offset += got
+        while i < len(buffers) and got >= len(buffers[i]):
+            got -= len(buffers[i])
+            i += 1
+        if got:  # a short read inside buffers[i]: read the rest of it next
+            buffers = [*buffers[:i], buffers[i][got:], *buffers[i + 1:]]
 
 
 def shard_map(directory: Path) -> dict[str, str]:
@@ -158,18 +177,51 @@ class HFCheckpoint:
     def dtype(self, hf_name: str) -> str:
         return self._sources[hf_name][2]
 
+    def torch_dtype(self, hf_name: str) -> Any:
+        import torch
+
+        return getattr(torch, self.dtype(hf_name))
+
+    def whole_source(self, hf_name: str) -> tuple[Path, int] | None:
+        """(shard path, byte offset of the data) when the tensor is one source tensor as stored, else None.
+
+        None for a piece of an original-format fused tensor (cut on read by ``get``).
+        """
+        source, shape, _ = self._sources[hf_name]
+        shard = self.weight_map[source]
+        if self._headers[shard][source][1] != shape:
+            return None
+        if shard not in self._ranges:
+            self._ranges[shard] = data_ranges(self.directory / shard)
+        return self.directory / shard, self._ranges[shard][source][0]
+
+    def _read_source(self, source: str) -> Any:
+        """One stored tensor, read with ``preadv`` into fresh memory (no memory map left behind)."""
+        import os
+
+        import torch
+
+        shard = self.weight_map[source]
+        dtype, shape = self._headers[shard][source]
+        if shard not in self._ranges:
+            self._ranges[shard] = data_ranges(self.directory / shard)
+        start, stop = self._ranges[shard][source]
+        buffer = torch.empty(stop - start, dtype=torch.uint8)
+        fd = os.open(self.directory / shard, os.O_RDONLY)
+        try:
+            preadv_exact(fd, [memoryview(buffer.numpy())], start, self.directory / shard)
+        finally:
+            os.close(fd)
+        return buffer.view(getattr(torch, dtype)).view(shape)
+
     def get(self, hf_name: str) -> Any:
         """Read one tensor (transformers-native name) from disk."""
-        from safetensors import safe_open
-
         if hf_name not in self._sources:
             raise UserError(f"{self.directory}: tensor '{hf_name}' not found")
         source, _, _ = self._sources[hf_name]
         if self._cache and self._cache[0] == source:
             return self._cache[1][hf_name]
-        path = self.directory / self.weight_map[source]
-        with safe_open(str(path), framework="pt") as handle:
-            tensor = handle.get_tensor(source)
+        tensor = self._read_source(source)
         if self.format == "hf":
             return tensor
         pieces = dict(original_to_hf([(source, tensor)], self.config))

@@ -3,13 +3,15 @@
 Synthesises a transformers-native InternVL checkpoint with InternVL3-38B tensor shapes at
 reduced depth (the full 151,674 x 5,120 embedding and LM head, InternViT-6B layers,
 Qwen2.5-32B layers), converts it to TP=8 PP=2 in a child process (so its peak RSS is its
-own), and copies the same shards with a plain file copy in the same run as the baseline (before
-and after the conversion, averaged). Both sides start with the source evicted from the page cache
-and are timed until their output is flushed to disk.
+own), and copies the same shards with a plain file copy in the same run as the baseline (copies
+and conversions alternate, ``--rounds`` conversions between ``--rounds + 1`` copies; medians are
+compared). Both sides start with the source evicted from the page cache
+and are timed until their output is flushed to disk (``fsync``). Peak memory is the child's own
+peak RSS (``VmHWM``).
 ``--depths 2,4`` runs two depths to show that peak memory does not grow with the model.
 ``--preset small`` uses narrow tensors so CI can run the whole path in seconds.
 
-    sophia-profile conversion [--preset 38b|small] [--depths 2,4] [--tp 8] [--pp 2] [--workdir DIR]
+    sophia-profile conversion [--preset 38b|small] [--depths 2,4] [--tp 8] [--pp 2] [--rounds 3] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,39 +116,60 @@ def plain_copy(source: Path, dest: Path) -> float:
     return time.perf_counter() - start
 
 
+def peak_rss() -> int:
+    """This process's own peak RSS in bytes.
+
+    ``VmHWM`` (Linux) belongs to the process's memory map, which ``exec`` replaces; ``ru_maxrss``
+    would also report the parent's peak at the time of the fork (kept across ``exec``), which here
+    is the synthesiser's, not the converter's.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def convert_in_child(source: Path, out: Path, tp: int, pp: int) -> tuple[float, int]:
     """(seconds, peak RSS bytes) of ``hf_to_mcore`` run in its own process, its output flushed to disk."""
-    code = ("import os, sys, time, resource; from pathlib import Path; from conversion.convert import hf_to_mcore; "
-            "from sophia_tools.bench.conversion import evict, fsync_tree; "
+    code = ("import time; from pathlib import Path; from conversion.convert import hf_to_mcore; "
+            "from sophia_tools.bench.conversion import evict, fsync_tree, peak_rss; "
             f"evict(Path({str(source)!r})); t=time.perf_counter(); "
             f"hf_to_mcore({str(source)!r}, {str(out)!r}, tp={tp}, pp={pp}); fsync_tree(Path({str(out)!r})); "
-            "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(time.perf_counter()-t, peak_rss())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**__import__("os").environ, "SOPHIA_LOG_LEVEL": "WARNING"})
-    seconds, rss_kb = proc.stdout.split()
-    return float(seconds), int(rss_kb) * 1024
+    seconds, rss = proc.stdout.split()
+    return float(seconds), int(rss)
 
 
-def run_depth(workdir: Path, preset: dict[str, Any], depth: int, tp: int, pp: int) -> dict[str, Any]:
+def run_depth(workdir: Path, preset: dict[str, Any], depth: int, tp: int, pp: int, rounds: int) -> dict[str, Any]:
     source = workdir / f"hf_{depth}"
     config = synth_config(preset, lm_layers=depth, vit_layers=max(1, depth // 2))
     data_bytes = synthesise(source, config, preset["dtype"])
-    # The copy runs before and after the conversion (baseline: their mean), so neither side is
-    # favoured by a source still in the page cache or by the other's writes still being flushed.
-    copy_before = plain_copy(source, workdir / f"copy_{depth}")
-    shutil.rmtree(workdir / f"copy_{depth}")
-    seconds, rss = convert_in_child(source, workdir / f"mcore_{depth}", tp, pp)
-    copy_after = plain_copy(source, workdir / f"copy_{depth}")
-    copy_seconds = (copy_before + copy_after) / 2
+    # Copies and conversions alternate (copy, convert, copy, ..., copy) and each side is its median,
+    # so neither is favoured by the page cache, by the other's writes still being flushed, or by a
+    # burst of other work on a shared machine during one of the measurements.
+    copies, converts, rss = [], [], 0
+    for index in range(rounds):
+        copies.append(plain_copy(source, workdir / f"copy_{depth}"))
+        shutil.rmtree(workdir / f"copy_{depth}")
+        if index:
+            shutil.rmtree(workdir / f"mcore_{depth}")
+        seconds, peak = convert_in_child(source, workdir / f"mcore_{depth}", tp, pp)
+        converts.append(seconds)
+        rss = max(rss, peak)
+    copies.append(plain_copy(source, workdir / f"copy_{depth}"))
+    seconds, copy_seconds = statistics.median(converts), statistics.median(copies)
     written = sum(f.stat().st_size for f in (workdir / f"mcore_{depth}").rglob("*.pt"))
     largest = max(f.stat().st_size for f in source.glob("*.safetensors"))
     for path in (source, workdir / f"copy_{depth}", workdir / f"mcore_{depth}"):
         shutil.rmtree(path)
     return {"lm_layers": depth, "vit_layers": max(1, depth // 2), "bytes": data_bytes, "bytes_written": written,
-            "seconds": round(seconds, 3), "gb_per_s": round(data_bytes / seconds / 1e9, 3),
-            "copy_seconds": round(copy_seconds, 3), "copy_seconds_before_after": [round(copy_before, 3),
-                                                                                round(copy_after, 3)],
-            "copy_gb_per_s": round(data_bytes / copy_seconds / 1e9, 3),
+            "seconds": round(seconds, 3), "seconds_each": [round(s, 3) for s in converts],
+            "gb_per_s": round(data_bytes / seconds / 1e9, 3), "copy_seconds": round(copy_seconds, 3),
+            "copy_seconds_each": [round(s, 3) for s in copies], "copy_gb_per_s": round(data_bytes / copy_seconds / 1e9, 3),
             "ratio_vs_copy": round(copy_seconds / seconds, 3), "peak_rss_bytes": rss,
             "largest_shard_bytes": largest}
 
@@ -157,12 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tp", type=int, default=8)
     parser.add_argument("--pp", type=int, default=2)
     parser.add_argument("--workdir", default=None, help="scratch space (default: a temporary dir)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="conversions per depth, alternating with rounds + 1 copies; medians are compared")
     args = parser.parse_args(argv)
     depths = [int(d) for d in args.depths.split(",")]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        runs = [run_depth(Path(tmp), PRESETS[args.preset], d, args.tp, args.pp) for d in depths]
+        runs = [run_depth(Path(tmp), PRESETS[args.preset], d, args.tp, args.pp, args.rounds) for d in depths]
     result = {"benchmark": "conversion", "preset": args.preset, "tp": args.tp, "pp": args.pp, "runs": runs,
-              "parent_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+              "parent_peak_rss_bytes": peak_rss()}
     if len(runs) > 1:
         result["rss_growth_when_depth_doubles"] = round(runs[-1]["peak_rss_bytes"] / runs[0]["peak_rss_bytes"] - 1, 4)
     print(json.dumps(result))

@@ -64,12 +64,12 @@ def test_mixed_dtypes_come_back_bit_exact(tiny_root, tmp_path, key):
 KILLED_CONVERTER = """
 import sys, time
 from conversion import torch_stream
-write = torch_stream.StreamingTorchWriter.write
-def write_then_hang(self, name, tensor):
-    write(self, name, tensor)
-    open(sys.argv[3], "w").close()
-    time.sleep(600)
-torch_stream.StreamingTorchWriter.write = write_then_hang
+for method in ("write", "write_ranges"):  # tensors from memory, and copied from the shards
+    def write_then_hang(self, *args, _write=getattr(torch_stream.StreamingTorchWriter, method)):
+        _write(self, *args)
+        open(sys.argv[3], "w").close()
+        time.sleep(600)
+    setattr(torch_stream.StreamingTorchWriter, method, write_then_hang)
 from conversion.convert import hf_to_mcore
 hf_to_mcore(sys.argv[1], sys.argv[2], tp=1, pp=1)
 """
