@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +48,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from rollout.local_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "configs" / "tiny.yaml"
@@ -104,12 +105,6 @@ class DemoError(RuntimeError):
 def override(key: str, value: Any) -> str:
     """A ``key=value`` recipe override whose value survives YAML parsing as is (JSON is YAML)."""
     return f"{key}={json.dumps(value if not isinstance(value, Path) else str(value))}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def read_json(path: Path) -> Any:
