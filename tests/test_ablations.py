@@ -122,13 +122,17 @@ def test_statistics_and_verdicts():
                         ("no_shortest", "sophia"): True, ("keep2", "sophia"): True}
 
 
-def test_checks_fail_on_empty_selection_or_no_lift():
+def test_checks_fail_on_empty_selection_dropped_samples_or_no_lift():
     base = {"all": mean_std([0.1, 0.1])}
-    good = {"sophia": {"selected": [5, 5], "pass@1": {"all": mean_std([0.5, 0.6])}}}
+    good = {"sophia": {"selected": [5, 5], "packed": [5, 5], "pass@1": {"all": mean_std([0.5, 0.6])}}}
     assert all(check["ok"] for check in checks(good, base))
-    empty = {"sophia": {"selected": [5, 0], "pass@1": {"all": mean_std([0.5])}}}
-    assert not all(check["ok"] for check in checks(empty, base))
-    flat = {"sophia": {"selected": [5, 5], "pass@1": {"all": mean_std([0.1, 0.1])}}}
+    empty = {"sophia": {"selected": [5, 0], "packed": [5], "pass@1": {"all": mean_std([0.5])}}}
+    failed = [check["check"] for check in checks(empty, base) if not check["ok"]]
+    assert failed == ["arm sophia selected trajectories in every seed"]
+    dropped = {"sophia": {"selected": [5, 5], "packed": [5, 4], "pass@1": {"all": mean_std([0.5, 0.6])}}}
+    failed = [check["check"] for check in checks(dropped, base) if not check["ok"]]
+    assert failed == ["arm sophia trained on every trajectory it selected (none over the pack length)"]
+    flat = {"sophia": {"selected": [5, 5], "packed": [5, 5], "pass@1": {"all": mean_std([0.1, 0.1])}}}
     assert not all(check["ok"] for check in checks(flat, base))
 
 
@@ -157,6 +161,8 @@ def test_ablations_smoke_end_to_end_then_reused(tmp_path):
             assert (work / "packed" / "manifest.json").is_file()
             steps = (work / "train" / "metrics.jsonl").read_text().splitlines()
             assert len(steps) == SMOKE_ABLATIONS.steps == arm["steps"][0]
+            manifest = json.loads((work / "packed" / "manifest.json").read_text())
+            assert manifest["max_seq_len"] == SMOKE_ABLATIONS.pack_tokens
             records = (work / "eval" / "circles" / "records.jsonl").read_text().splitlines()
             assert len(records) == report["eval_questions"]
             assert arm["pass@1"]["all"]["values"][0] == sum(json.loads(r)["correct"] for r in records) / len(records)

@@ -100,7 +100,8 @@ def train_arm(demo: Demo, settings: AblationSettings, seed: int, work: Path) -> 
                                         override("pack.out", work / "packed"),
                                         override("pack.tokenizer_dir", demo.path("policy_mcore", "hf_files")),
                                         override("pack.rollout_store", work / "store"),
-                                        override("pack.sources", sources), "--force"]))[-1]
+                                        override("pack.sources", sources),
+                                        f"pack.max_seq_len={settings.pack_tokens}", "--force"]))[-1]
     train = work / "train"
     shutil.rmtree(train, ignore_errors=True)
     demo.run("train", [*demo.torchrun(), "-m", "sophia_tools.train_cli", "--config", str(RECIPE),

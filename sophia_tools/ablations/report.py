@@ -77,6 +77,8 @@ def checks(arms: dict[str, dict[str, Any]], baseline: dict[str, Any]) -> list[di
     something, and the SOPHIA update lifts the policy above its own pass@1 before the update."""
     out = [{"check": f"arm {name} selected trajectories in every seed", "ok": all(arm["selected"])}
            for name, arm in arms.items()]
+    out += [{"check": f"arm {name} trained on every trajectory it selected (none over the pack length)",
+             "ok": arm["packed"] == [count for count in arm["selected"] if count]} for name, arm in arms.items()]
     if "sophia" in arms and arms["sophia"]["pass@1"]:
         after, before = arms["sophia"]["pass@1"]["all"]["mean"], baseline["all"]["mean"]
         out.append({"check": f"SOPHIA pass@1 after the update ({after}) > before it ({before})", "ok": after > before})
@@ -97,6 +99,7 @@ def summarise_arms(results: dict[tuple[str, int], dict[str, Any]]) -> dict[str, 
             "trained_on": [run["selection"]["composition"] for run in runs],
             "answer_shapes": [run["evaluation"]["answer_shapes"] for run in trained],
             "tokens_per_step": [run["training"]["tokens_per_step"] for run in trained],
+            "packed": [run["training"]["samples"] for run in trained],
             "steps": sorted({run["training"]["steps"] for run in trained}),
             "truncated_answers": [run["evaluation"]["truncated"] for run in trained]}
     return arms
