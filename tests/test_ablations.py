@@ -18,7 +18,16 @@ import pytest
 
 from sophia_tools.ablations import ARMS, SMOKE_ABLATIONS, arm_named
 from sophia_tools.ablations.__main__ import select_arm
-from sophia_tools.ablations.report import aggregate, checks, compare, mean_std, orderings
+from sophia_tools.ablations.report import (
+    above_chance,
+    aggregate,
+    answer_forms,
+    chance_level,
+    checks,
+    compare,
+    mean_std,
+    orderings,
+)
 from sophia_tools.demo import Demo
 from sophia_tools.demo.task import describe, draw, random_scene, trajectory
 from tests.multirank import REPO, subprocess_env
@@ -120,6 +129,36 @@ def test_statistics_and_verdicts():
     verdicts = {(entry["worse"], entry["better"]): entry["holds"] for entry in orderings(arms)}
     assert verdicts == {("random", "no_caption_reward"): True, ("no_caption_reward", "no_shortest"): False,
                         ("no_shortest", "sophia"): True, ("keep2", "sophia"): True}
+
+
+def test_chance_level_weights_each_type_by_its_questions_and_flags_arms_at_chance():
+    # Bugs caught: chance as the plain mean of the types (0.292 whatever the mix), a wrong number of
+    # possible answers, an arm at chance reported as clearly above it.
+    assert chance_level(evaluation((0, 100), (0, 100))) == {"all": 0.2917, "colour": 0.25, "count": 0.3333}
+    assert chance_level(evaluation((0, 100), (0, 300)))["all"] == pytest.approx((25 + 100) / 400, abs=1e-4)
+    arms = {"random": {"label": "Random", "pass@1": {"all": mean_std([0.28, 0.31, 0.30])}},
+            "sophia": {"label": "SOPHIA", "pass@1": {"all": mean_std([0.60, 0.62, 0.64])}}}
+    verdicts = {entry["arm"]: entry for entry in above_chance(arms, {"all": 0.2917})}
+    assert verdicts["sophia"]["holds"] and verdicts["sophia"]["z"] > 2
+    assert verdicts["random"]["z"] < 2
+
+
+def test_answer_forms_tell_no_answer_and_the_wrong_type_from_answers_that_could_be_right():
+    # Bugs caught: a count given to a colour question counted as a well-typed answer (the arms'
+    # format differences would then pass for reading the image), a missing answer counted as wrong
+    # type, pass@1 among well-typed answers taken over all answers.
+    records = [{"category": "colour", "extracted": "Red", "correct": True},
+               {"category": "colour", "extracted": "blue", "correct": False},
+               {"category": "colour", "extracted": "2", "correct": False},
+               {"category": "count", "extracted": "three", "correct": True},
+               {"category": "count", "extracted": "green", "correct": False},
+               {"category": "count", "extracted": None, "correct": False},
+               {"category": "count", "extracted": " ", "correct": False},
+               {"category": "count", "extracted": "1", "correct": False}]
+    forms = answer_forms(records)
+    assert forms["answers"] == 8 and forms["unanswered"] == 0.25 and forms["wrong_type"] == 0.25
+    assert forms["right_of_well_typed"] == {"colour": 0.5, "count": 0.5}
+    assert answer_forms([])["right_of_well_typed"] == {"colour": None, "count": None}
 
 
 def test_checks_fail_on_empty_selection_dropped_samples_or_no_lift():

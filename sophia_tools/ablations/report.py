@@ -5,6 +5,9 @@ Every number is read from the stages' recorded results (``done/*.json``, written
 evaluation's records (``sophia-eval``'s, scored by the verifier)); nothing is estimated. An ordering
 "holds" when the mean of the better arm is higher; the report also gives the difference in units
 of its standard error over seeds, so a reader sees whether it stands out of the seeds' noise.
+Each arm is also compared with chance (a random value of the question's type: 1 of 4 colours, 1 of
+3 counts): an arm at chance has learnt the answer's format, not to read the image, and orderings
+between such arms say nothing about the selection rules.
 Writes ``ablations.json``, ``ablations.txt`` and ``ablations.png`` into the workdir.
 """
 
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sophia_tools.ablations import ARMS, PAPER_ORDER, AblationSettings, arm_named
 from sophia_tools.demo.signals import format_signals
+from sophia_tools.demo.task import COLOURS, COUNT_WORDS
 
 if TYPE_CHECKING:
     from sophia_tools.demo import Demo
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
 TYPES = ("all", "colour", "count")
 PAPER_TABLE5 = {"random": 51.53, "no_caption_reward": 53.54, "no_shortest": 54.74, "sophia": 55.13}
 PAPER_TABLE_A5 = {"sophia": 50.74, "keep2": 50.63}
+CHANCE = {"colour": 1 / len(COLOURS), "count": 1 / len(COUNT_WORDS)}  # a random value of the type
 
 
 def rate(evaluation: dict[str, Any], kind: str) -> float:
@@ -31,6 +36,56 @@ def rate(evaluation: dict[str, Any], kind: str) -> float:
         return evaluation["correct"] / evaluation["questions"]
     entry = evaluation["by_type"].get(kind, {"correct": 0, "questions": 0})
     return entry["correct"] / entry["questions"] if entry["questions"] else float("nan")
+
+
+def chance_level(evaluation: dict[str, Any]) -> dict[str, float]:
+    """pass@1 of answering a random value of each question's type, on the questions of ``evaluation``."""
+    counts = {kind: evaluation["by_type"].get(kind, {}).get("questions", 0) for kind in CHANCE}
+    total = sum(counts.values())
+    overall = sum(CHANCE[kind] * counts[kind] for kind in CHANCE) / total if total else float("nan")
+    return {"all": round(overall, 4), **{kind: round(value, 4) for kind, value in CHANCE.items()}}
+
+
+def above_chance(arms: dict[str, dict[str, Any]], chance: dict[str, float]) -> list[dict[str, Any]]:
+    """Each trained arm's overall pass@1 against chance (the difference in standard errors over seeds)."""
+    return [{"arm": name, "claim": f"{arm['label']} > chance", **compare(mean_std([chance["all"]]), arm["pass@1"]["all"])}
+            for name, arm in arms.items() if arm["pass@1"]]
+
+
+def answer_forms(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What held-out answers look like: no answer, an answer of the wrong type (a count to a colour
+    question, ...), and pass@1 among answers of the right type, per type, next to its chance."""
+    typed = {"colour": set(COLOURS), "count": {str(n) for n in COUNT_WORDS} | set(COUNT_WORDS.values())}
+    unanswered = wrong_type = 0
+    well_typed = {kind: [0, 0] for kind in CHANCE}  # [right, answers]
+    for record in records:
+        answer = str(record.get("extracted") or "").strip().lower()
+        if not answer:
+            unanswered += 1
+        elif answer not in typed[record["category"]]:
+            wrong_type += 1
+        else:
+            well_typed[record["category"]][0] += bool(record["correct"])
+            well_typed[record["category"]][1] += 1
+    total = max(len(records), 1)
+    return {"answers": len(records), "unanswered": round(unanswered / total, 4),
+            "wrong_type": round(wrong_type / total, 4),
+            "right_of_well_typed": {kind: round(right / count, 4) if count else None
+                                    for kind, (right, count) in well_typed.items()}}
+
+
+def arm_answer_forms(demo: Demo, name: str, seeds: list[int]) -> dict[str, Any]:
+    """``answer_forms`` over the evaluation records of every seed of an arm (kept in its directory)."""
+    import json
+
+    from sophia_tools.demo.heldout import BENCHMARK
+
+    records = []
+    for seed in seeds:
+        path = demo.path("arms", name, f"seed{seed}", "eval", BENCHMARK, "records.jsonl")
+        if path.is_file():
+            records += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return answer_forms(records)
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
@@ -127,6 +182,9 @@ def format_table(report: dict[str, Any]) -> str:
     base = report["baseline"]
     lines.append(f"{'before the update':<20} {_cell(base['all']):>15} {_cell(base['colour']):>15} "
                  f"{_cell(base['count']):>15}")
+    chance = report["chance"]
+    lines.append(f"{'chance':<20} {chance['all']:>15.3f} {chance['colour']:>15.3f} {chance['count']:>15.3f}"
+                 "  (a random value of the question's type)")
     for arm in arms.values():
         rates = arm["pass@1"] or {}
         tokens = arm["tokens_per_step"]
@@ -139,6 +197,18 @@ def format_table(report: dict[str, Any]) -> str:
     for entry in report["orderings"]:
         z = f", {entry['z']} standard errors" if entry["z"] is not None else ""
         lines.append(f"  {entry['claim']:<45} {_verdict(entry)} (difference {entry['difference']:+.3f}{z})")
+    lines += ["", "above chance (otherwise an arm has learnt the answer's format, not to read the image):"]
+    for entry in report["above_chance"]:
+        z = f", {entry['z']} standard errors" if entry["z"] is not None else ""
+        lines.append(f"  {entry['claim']:<45} {_verdict(entry)} (difference {entry['difference']:+.3f}{z})")
+    lines += ["", "answers, all seeds: unanswered / wrong type / pass@1 among answers of the right type "
+              f"(colour, count; chance {chance['colour']:.3f}, {chance['count']:.3f}):"]
+    for arm in arms.values():
+        forms = arm.get("answer_forms")
+        if forms and forms["answers"]:
+            right = forms["right_of_well_typed"]
+            cells = ", ".join("-" if right[kind] is None else f"{right[kind]:.3f}" for kind in CHANCE)
+            lines.append(f"  {arm['label']:<20} {forms['unanswered']:.3f} / {forms['wrong_type']:.3f} / {cells}")
     lines += ["", "rollout signals (the shared store):", *format_signals(report["rollout"]["signals"]), "",
               "checks:"] + [f"  [{'ok' if check['ok'] else 'FAILED'}] {check['check']}" for check in report["checks"]]
     cpu = report["stages_cpu_seconds"]
@@ -182,10 +252,14 @@ def write_report(demo: Demo, settings: AblationSettings, rollout: dict[str, Any]
     from sophia_tools.demo import write_json
 
     arms = summarise_arms(results)
+    for name, arm in arms.items():
+        arm["answer_forms"] = arm_answer_forms(demo, name, arm["seeds"])
     base = aggregate(list(baseline.values()))
+    chance = chance_level(next(iter(baseline.values())))
     report = {"workdir": str(demo.workdir), "settings": settings.as_record(), "seeds": sorted(baseline),
               "eval_questions": next(iter(baseline.values()))["questions"], "baseline": base, "arms": arms,
               "orderings": orderings({name: arm for name, arm in arms.items() if arm["pass@1"]}),
+              "chance": chance, "above_chance": above_chance(arms, chance),
               "checks": checks(arms, base), "rollout": rollout, "wall_seconds": round(wall_seconds, 1),
               "stages_seconds": round(sum(result["seconds"] for result in demo.results.values()), 1),
               "stages_cpu_seconds": round(sum(result.get("cpu_seconds") or 0 for result in demo.results.values()), 1),
