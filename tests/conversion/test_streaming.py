@@ -9,19 +9,24 @@ The converter no longer builds full tensors: each TP piece is planned as runs of
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from conversion.arch import padded_vocab_size
+from conversion.convert import Layout, write_rank_files
 from conversion.hf_checkpoint import HFCheckpoint
 from conversion.internvl_mapping import RowSharder, expand, table
 from conversion.megatron_layout import tp_mapping
 from conversion.piece_plan import is_row_parallel, piece_spec
 from conversion.piece_reader import PieceReader, RingArena
 from conversion.torch_stream import FileRange, StreamingTorchWriter, TensorSpec
+from sophia_common.cli import UserError
 from tests.multirank import REPO, subprocess_env
 
 
@@ -119,3 +124,42 @@ def test_benchmark_child_reports_its_own_peak_memory():
                           text=True, check=True)
     assert len(ballast) == 200 * 2**20
     assert int(proc.stdout) < 100 * 2**20
+
+
+def _row_parallel_row_then_intact_rows(ckpt: HFCheckpoint, rows: list, tp: int) -> tuple[list, Path, int]:
+    """Rows whose data survives cutting a shard at a row-parallel row's data offset, with that row in
+    the middle (so its read is the one that fails, after writes were handed out), the shard and offset."""
+    reader = PieceReader(ckpt)
+    try:
+        plans = [reader.plan(row, tp_mapping(row.megatron, gated_mlp=True), tp, range(tp)) for row in rows]
+    finally:
+        reader.close()
+    failing = next(row for row, plan in zip(rows, plans, strict=True)
+                   if plan is not None and is_row_parallel(plan.mapping))
+    path, offset = ckpt.whole_source(failing.hf[0])
+
+    def intact(row) -> bool:
+        places = [ckpt.whole_source(h) for h in row.hf]
+        return all(place is not None and (place[0] != path or place[1] + torch.Size(ckpt.shape(h)).numel()
+                                          * ckpt.torch_dtype(h).itemsize <= offset)
+                   for place, h in zip(places, row.hf, strict=True))
+
+    kept = [row for row in rows if row is not failing and intact(row)]
+    return [*kept[:len(kept) // 2], failing, *kept[len(kept) // 2:]], path, offset
+
+
+def test_a_row_parallel_read_failing_mid_conversion_names_the_file_and_stops_every_writer(tiny_root, tmp_path):
+    # Bugs caught: a failed read of a row-parallel row (read into the ring while the writer threads
+    # still hold earlier and later rows) swallowed, so the rank files finish without its pieces or
+    # the converter waits forever, and writer threads left running after the failure.
+    source = tmp_path / "source"
+    shutil.copytree(tiny_root["vit300m_qwen2_hf"], source)
+    ckpt = HFCheckpoint(source)  # headers planned now; the shard shrinks afterwards
+    rows = expand(table(ckpt.arch, padded_vocab=padded_vocab_size(ckpt.arch.language.vocab_size, 2)), ckpt.arch)
+    rows, path, offset = _row_parallel_row_then_intact_rows(ckpt, rows, tp=2)
+    assert len(rows) > 4  # rows handed out before and after the failing read
+    os.truncate(path, offset)
+    with pytest.raises(UserError, match=f"{path}: truncated"):
+        write_rank_files(ckpt, rows, Layout(tp=2, pp=1), tmp_path / "out" / "iter_0000000")
+    left = [t.name for t in threading.enumerate() if t.name.startswith(("sophia-read", "sophia-write"))]
+    assert left == [], left
