@@ -11,6 +11,7 @@ problem is a ``UserError`` that names the file or tensor.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,6 @@ def data_ranges(path: Path) -> dict[str, tuple[int, int]]:
 
 def preadv_exact(fd: int, buffers: list[memoryview], offset: int, path: Any) -> None:
     """Fill ``buffers`` in order from ``offset`` of the open file (short reads resumed; EOF is an error)."""
-    import os
-
     limit = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
     i = 0
     while i < len(buffers):
@@ -191,21 +190,22 @@ class HFCheckpoint:
         shard = self.weight_map[source]
         if self._headers[shard][source][1] != shape:
             return None
+        return self.directory / shard, self._data_range(source)[0]
+
+    def _data_range(self, source: str) -> tuple[int, int]:
+        """(start, stop) byte offsets of a stored tensor's data in its shard (headers parsed once per shard)."""
+        shard = self.weight_map[source]
         if shard not in self._ranges:
             self._ranges[shard] = data_ranges(self.directory / shard)
-        return self.directory / shard, self._ranges[shard][source][0]
+        return self._ranges[shard][source]
 
     def _read_source(self, source: str) -> Any:
         """One stored tensor, read with ``preadv`` into fresh memory (no memory map left behind)."""
-        import os
-
         import torch
 
         shard = self.weight_map[source]
         dtype, shape = self._headers[shard][source]
-        if shard not in self._ranges:
-            self._ranges[shard] = data_ranges(self.directory / shard)
-        start, stop = self._ranges[shard][source]
+        start, stop = self._data_range(source)
         buffer = torch.empty(stop - start, dtype=torch.uint8)
         fd = os.open(self.directory / shard, os.O_RDONLY)
         try:
@@ -234,16 +234,11 @@ class HFCheckpoint:
         The converter calls it for the next row while it cuts and writes the current one, so the
         disk reads overlap the work instead of stalling the first touch of each tensor.
         """
-        import os
-
         if not hasattr(os, "posix_fadvise"):
             return
         for source in dict.fromkeys(self._sources[n][0] for n in hf_names if n in self._sources):
-            shard = self.weight_map[source]
-            if shard not in self._ranges:
-                self._ranges[shard] = data_ranges(self.directory / shard)
-            start, stop = self._ranges[shard][source]
-            fd = os.open(self.directory / shard, os.O_RDONLY)
+            start, stop = self._data_range(source)
+            fd = os.open(self.directory / self.weight_map[source], os.O_RDONLY)
             try:
                 os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
             finally:

@@ -127,6 +127,11 @@ def _verdict(entry: dict[str, Any]) -> str:
     return "holds, within the seeds' noise (< 2 standard errors)"
 
 
+def _verdict_line(entry: dict[str, Any]) -> str:
+    z = f", {entry['z']} standard errors" if entry["z"] is not None else ""
+    return f"  {entry['claim']:<45} {_verdict(entry)} (difference {entry['difference']:+.3f}{z})"
+
+
 def checks(arms: dict[str, dict[str, Any]], baseline: dict[str, Any]) -> list[dict[str, Any]]:
     """What a full run must show, or the pipeline is broken: every arm selected and trained on
     something, and the SOPHIA update lifts the policy above its own pass@1 before the update."""
@@ -194,13 +199,9 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{(sum(tokens) / len(tokens)) if tokens else 0:>9.0f}  {mix}")
     lines += ["", "the paper's orderings (Table 5: Random 51.53 < w/o CR 53.54 < w/o S 54.74 < SOPHIA 55.13; "
               "Table A5: Keep-2 50.63 ~ Keep-1 50.74), here:"]
-    for entry in report["orderings"]:
-        z = f", {entry['z']} standard errors" if entry["z"] is not None else ""
-        lines.append(f"  {entry['claim']:<45} {_verdict(entry)} (difference {entry['difference']:+.3f}{z})")
+    lines += [_verdict_line(entry) for entry in report["orderings"]]
     lines += ["", "above chance (otherwise an arm has learnt the answer's format, not to read the image):"]
-    for entry in report["above_chance"]:
-        z = f", {entry['z']} standard errors" if entry["z"] is not None else ""
-        lines.append(f"  {entry['claim']:<45} {_verdict(entry)} (difference {entry['difference']:+.3f}{z})")
+    lines += [_verdict_line(entry) for entry in report["above_chance"]]
     lines += ["", "answers, all seeds: unanswered / wrong type / pass@1 among answers of the right type "
               f"(colour, count; chance {chance['colour']:.3f}, {chance['count']:.3f}):"]
     for arm in arms.values():
