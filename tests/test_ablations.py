@@ -22,9 +22,11 @@ from sophia_tools.ablations.report import (
     above_chance,
     aggregate,
     answer_forms,
+    blind_level,
     chance_level,
     checks,
     compare,
+    majority_level,
     mean_std,
     orderings,
 )
@@ -141,6 +143,26 @@ def test_chance_level_weights_each_type_by_its_questions_and_flags_arms_at_chanc
     verdicts = {entry["arm"]: entry for entry in above_chance(arms, {"all": 0.2917})}
     assert verdicts["sophia"]["holds"] and verdicts["sophia"]["z"] > 2
     assert verdicts["random"]["z"] < 2
+
+
+def test_the_blind_level_is_the_majority_answer_where_the_gold_answers_are_skewed():
+    # Bugs caught: the majority taken over all answers instead of per type, gold answers kept as
+    # lists or in another case (no two would match), the blind level not raised to the majority
+    # where it beats chance, an arm at the majority rate on counts reported as reading them.
+    records = ([{"category": "count", "answer": ["3"]}] * 4 + [{"category": "count", "answer": ["1"]}] * 2
+               + [{"category": "count", "answer": "2"}] * 2 + [{"category": "colour", "answer": [c]}
+                                                              for c in ("Red", "red", "blue", "green")])
+    majority = majority_level(records)
+    assert majority == {"all": pytest.approx((4 + 2) / 12, abs=1e-4), "count": 0.5, "colour": 0.5}
+    blind = blind_level(evaluation((0, 4), (0, 8)), {"colour": 0.25, "count": 1 / 3}, majority)
+    assert blind == {"all": 0.5, "colour": 0.5, "count": 0.5}
+    assert blind_level(evaluation((0, 4), (0, 8)), {"colour": 0.25, "count": 1 / 3}, {"count": 0.25})["count"] == pytest.approx(1 / 3, abs=1e-4)
+    arms = {"sophia": {"label": "SOPHIA", "pass@1": {"all": mean_std([0.70, 0.71, 0.69]),
+                                                     "colour": mean_std([1.0, 1.0, 1.0]),
+                                                     "count": mean_std([0.50, 0.49, 0.51])}}}
+    verdicts = {entry["kind"]: entry for entry in above_chance(arms, blind)}
+    assert verdicts["colour"]["holds"] and verdicts["all"]["holds"]
+    assert abs(verdicts["count"]["difference"]) < 1e-9 and not verdicts["count"]["holds"]
 
 
 def test_answer_forms_tell_no_answer_and_the_wrong_type_from_answers_that_could_be_right():

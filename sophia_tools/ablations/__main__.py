@@ -59,11 +59,11 @@ def stage_rollout(demo: Demo) -> dict[str, Any]:
 def evaluate(demo: Demo, model: Path, out: Path, seed: int) -> dict[str, Any]:
     """The policy in ``model`` answers the held-out questions (``sophia-eval``'s protocol from the recipe's
     ``eval:`` section, sampled with ``seed``, batched: :mod:`sophia_tools.demo.heldout`)."""
-    from sophia_tools.demo.heldout import BENCHMARK
+    from sophia_tools.ablations.report import eval_records
     from sophia_tools.demo.signals import composition
 
     result = json_lines(demo.run("evaluate", heldout_command(demo, model, out, seed)))[-1]
-    records = json_lines((out / BENCHMARK / "records.jsonl").read_text(encoding="utf-8"))
+    records = eval_records(out, required=True)
     result["answer_shapes"] = composition([{"text": r["response"] or "", "correct": bool(r["correct"]),
                                             "num_tokens": r["tokens"]} for r in records])
     return result

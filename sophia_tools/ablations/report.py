@@ -5,15 +5,18 @@ Every number is read from the stages' recorded results (``done/*.json``, written
 evaluation's records (``sophia-eval``'s, scored by the verifier)); nothing is estimated. An ordering
 "holds" when the mean of the better arm is higher; the report also gives the difference in units
 of its standard error over seeds, so a reader sees whether it stands out of the seeds' noise.
-Each arm is also compared with chance (a random value of the question's type: 1 of 4 colours, 1 of
-3 counts): an arm at chance has learnt the answer's format, not to read the image, and orderings
-between such arms say nothing about the selection rules.
+Each arm is also compared, per question type, with the best blind answer: chance (a random value of
+the type: 1 of 4 colours, 1 of 3 counts) or always the type's most common gold answer, whichever is
+higher. An arm at that level has learnt the answer's format or prior, not to read the image, and
+orderings between such arms say nothing about the selection rules.
 Writes ``ablations.json``, ``ablations.txt`` and ``ablations.png`` into the workdir.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,18 +41,54 @@ def rate(evaluation: dict[str, Any], kind: str) -> float:
     return entry["correct"] / entry["questions"] if entry["questions"] else float("nan")
 
 
+def _per_type_level(evaluation: dict[str, Any], levels: dict[str, float]) -> dict[str, float]:
+    """A pass@1 level per question type, and over all questions of ``evaluation`` weighted by type."""
+    counts = {kind: evaluation["by_type"].get(kind, {}).get("questions", 0) for kind in levels}
+    total = sum(counts.values())
+    overall = sum(levels[kind] * counts[kind] for kind in levels) / total if total else float("nan")
+    return {"all": round(overall, 4), **{kind: round(value, 4) for kind, value in levels.items()}}
+
+
 def chance_level(evaluation: dict[str, Any]) -> dict[str, float]:
     """pass@1 of answering a random value of each question's type, on the questions of ``evaluation``."""
-    counts = {kind: evaluation["by_type"].get(kind, {}).get("questions", 0) for kind in CHANCE}
-    total = sum(counts.values())
-    overall = sum(CHANCE[kind] * counts[kind] for kind in CHANCE) / total if total else float("nan")
-    return {"all": round(overall, 4), **{kind: round(value, 4) for kind, value in CHANCE.items()}}
+    return _per_type_level(evaluation, CHANCE)
 
 
-def above_chance(arms: dict[str, dict[str, Any]], chance: dict[str, float]) -> list[dict[str, Any]]:
-    """Each trained arm's overall pass@1 against chance (the difference in standard errors over seeds)."""
-    return [{"arm": name, "claim": f"{arm['label']} > chance", **compare(mean_std([chance["all"]]), arm["pass@1"]["all"])}
-            for name, arm in arms.items() if arm["pass@1"]]
+def majority_level(records: list[dict[str, Any]]) -> dict[str, float]:
+    """pass@1 of always giving each type's most common gold answer on these questions (the held-out
+    answers need not be uniform: a policy that learnt their prior beats chance without seeing)."""
+    answers: dict[str, Counter] = {}
+    for record in records:
+        gold = record["answer"][0] if isinstance(record["answer"], list) else record["answer"]
+        answers.setdefault(record["category"], Counter())[str(gold).strip().lower()] += 1
+    total = sum(sum(counter.values()) for counter in answers.values())
+    levels = {kind: round(max(counter.values()) / sum(counter.values()), 4) for kind, counter in answers.items()}
+    overall = sum(max(counter.values()) for counter in answers.values()) / total if total else float("nan")
+    return {"all": round(overall, 4), **levels}
+
+
+def blind_level(evaluation: dict[str, Any], chance: dict[str, float], majority: dict[str, float]) -> dict[str, float]:
+    """Per type the higher of chance and the majority answer; over all questions weighted by type."""
+    return _per_type_level(evaluation, {kind: max(chance[kind], majority.get(kind, 0.0)) for kind in CHANCE})
+
+
+def above_chance(arms: dict[str, dict[str, Any]], blind: dict[str, float]) -> list[dict[str, Any]]:
+    """Each trained arm's pass@1, overall and per type, against the blind level (difference in standard
+    errors over seeds)."""
+    return [{"arm": name, "kind": kind, "claim": f"{arm['label']} ({kind}) > blind",
+             **compare(mean_std([blind[kind]]), arm["pass@1"][kind])}
+            for name, arm in arms.items() if arm["pass@1"] for kind in TYPES if kind in blind]
+
+
+def eval_records(directory: Path, *, required: bool = False) -> list[dict[str, Any]]:
+    """The per-question records ``sophia-eval`` wrote under ``directory``; [] when it has none, unless
+    ``required`` (then reading the missing file raises, naming it)."""
+    from sophia_tools.demo.heldout import BENCHMARK
+
+    path = Path(directory) / BENCHMARK / "records.jsonl"
+    if not required and not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def answer_forms(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -76,16 +115,7 @@ def answer_forms(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def arm_answer_forms(demo: Demo, name: str, seeds: list[int]) -> dict[str, Any]:
     """``answer_forms`` over the evaluation records of every seed of an arm (kept in its directory)."""
-    import json
-
-    from sophia_tools.demo.heldout import BENCHMARK
-
-    records = []
-    for seed in seeds:
-        path = demo.path("arms", name, f"seed{seed}", "eval", BENCHMARK, "records.jsonl")
-        if path.is_file():
-            records += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return answer_forms(records)
+    return answer_forms([record for seed in seeds for record in eval_records(demo.path("arms", name, f"seed{seed}", "eval"))])
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
@@ -190,6 +220,9 @@ def format_table(report: dict[str, Any]) -> str:
     chance = report["chance"]
     lines.append(f"{'chance':<20} {chance['all']:>15.3f} {chance['colour']:>15.3f} {chance['count']:>15.3f}"
                  "  (a random value of the question's type)")
+    majority = report["majority"]
+    lines.append(f"{'majority answer':<20} {majority['all']:>15.3f} {majority.get('colour', 0):>15.3f} "
+                 f"{majority.get('count', 0):>15.3f}  (always the type's most common held-out answer)")
     for arm in arms.values():
         rates = arm["pass@1"] or {}
         tokens = arm["tokens_per_step"]
@@ -200,10 +233,13 @@ def format_table(report: dict[str, Any]) -> str:
     lines += ["", "the paper's orderings (Table 5: Random 51.53 < w/o CR 53.54 < w/o S 54.74 < SOPHIA 55.13; "
               "Table A5: Keep-2 50.63 ~ Keep-1 50.74), here:"]
     lines += [_verdict_line(entry) for entry in report["orderings"]]
-    lines += ["", "above chance (otherwise an arm has learnt the answer's format, not to read the image):"]
+    blind = report["blind"]
+    lines += ["", f"above the blind level, the higher of chance and the majority answer (all {blind['all']:.3f}, "
+              f"colour {blind['colour']:.3f}, count {blind['count']:.3f}; at it, an arm has learnt the answer's "
+              "format or prior, not to read the image):"]
     lines += [_verdict_line(entry) for entry in report["above_chance"]]
     lines += ["", "answers, all seeds: unanswered / wrong type / pass@1 among answers of the right type "
-              f"(colour, count; chance {chance['colour']:.3f}, {chance['count']:.3f}):"]
+              f"(colour, count; blind level {blind['colour']:.3f}, {blind['count']:.3f}):"]
     for arm in arms.values():
         forms = arm.get("answer_forms")
         if forms and forms["answers"]:
@@ -256,11 +292,14 @@ def write_report(demo: Demo, settings: AblationSettings, rollout: dict[str, Any]
     for name, arm in arms.items():
         arm["answer_forms"] = arm_answer_forms(demo, name, arm["seeds"])
     base = aggregate(list(baseline.values()))
-    chance = chance_level(next(iter(baseline.values())))
+    first_seed = sorted(baseline)[0]
+    chance = chance_level(baseline[first_seed])
+    majority = majority_level(eval_records(demo.path("baseline", f"seed{first_seed}"), required=True))
+    blind = blind_level(baseline[first_seed], chance, majority)
     report = {"workdir": str(demo.workdir), "settings": settings.as_record(), "seeds": sorted(baseline),
-              "eval_questions": next(iter(baseline.values()))["questions"], "baseline": base, "arms": arms,
+              "eval_questions": baseline[first_seed]["questions"], "baseline": base, "arms": arms,
               "orderings": orderings({name: arm for name, arm in arms.items() if arm["pass@1"]}),
-              "chance": chance, "above_chance": above_chance(arms, chance),
+              "chance": chance, "majority": majority, "blind": blind, "above_chance": above_chance(arms, blind),
               "checks": checks(arms, base), "rollout": rollout, "wall_seconds": round(wall_seconds, 1),
               "stages_seconds": round(sum(result["seconds"] for result in demo.results.values()), 1),
               "stages_cpu_seconds": round(sum(result.get("cpu_seconds") or 0 for result in demo.results.values()), 1),

@@ -63,8 +63,8 @@ class DemoSettings:
 
     images: int = 24  # rollout questions, one per image (alternating colour / count)
     warmup_images: int = 160  # other images, for the captioner's SFT warm-up
-    captioner_steps: int = 80  # SFT steps of the captioner warm-up (2 packs, ~4 samples per step)
-    captioner_lr: float = 4e-3  # its peak learning rate
+    captioner_steps: int = 150  # SFT steps of the captioner warm-up (2 packs, ~4 samples per step)
+    captioner_lr: float = 1e-3  # its peak learning rate; at 4e-3 the captions ignored the image (docs/ABLATIONS.md)
     reasoner_samples: int = 2000  # text warm-up records of the reasoner
     reasoner_steps: int = 200  # fine-tune steps of the reasoner (batch 8)
     K: int = 4  # captions per image
