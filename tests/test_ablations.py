@@ -66,7 +66,7 @@ def build_store(demo: Demo) -> dict[int, float]:
     for index in range(QUESTIONS):
         draw(random_scene(random.Random(index))).save(task / "images" / f"{index}.png")
         rows.append({"id": f"q{index}", "image": f"images/{index}.png", "question": "How many circles?",
-                     "answer": "2", "source": "test", "difficulty": "hard"})
+                     "answer": "2", "source": "test", "difficulty": "hard", "category": "count"})
     (task / "rollout_inputs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     captions = [{"id": row["id"], "k": k, "text": text, "num_tokens": 12, "finish_reason": "stop"}
                 for row in rows for k, text in ((0, describe("red", 2)), (1, describe("red", None)))]
@@ -244,6 +244,7 @@ def test_rollout_signals_classify_captions_and_trajectories(tmp_path):
     assert captions["right"] == {"captions": QUESTIONS, "reward_mean": 0.75, "at_or_above_alpha": 1.0}
     assert captions["vague"] == {"captions": QUESTIONS, "reward_mean": 0.25, "at_or_above_alpha": 0.0}
     assert captions["wrong"]["captions"] == 0
+    assert signals["captions_by_type"] == {"count": {"right": QUESTIONS, "vague": QUESTIONS, "wrong": 0}}
     shapes = signals["length_vs_errors"]["by_class"]
     assert shapes["clean"] == {"trajectories": 2 * QUESTIONS, "mean_tokens": 20.5, "pass_rate": 1.0}
     assert shapes["detour"] == {"trajectories": 2 * QUESTIONS, "mean_tokens": 34.0, "pass_rate": 0.5}

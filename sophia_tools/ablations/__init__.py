@@ -68,12 +68,17 @@ class AblationSettings:
     """Sizes of one ablation run; ``shared`` sizes the demo stages (task, warm-ups, rollout)."""
 
     shared: DemoSettings = field(default_factory=lambda: replace(
-        FULL, images=160, eval_images=200, mix_samples=0, eval_temperature=1.0, eval_top_p=0.8))
+        FULL, images=160, warmup_images=640, eval_images=200, mix_samples=0, eval_temperature=1.0, eval_top_p=0.8))
     seeds: tuple[int, ...] = (0, 1, 2)  # per seed: selection draws, data order, evaluation sampling
     steps: int = 90  # optimizer steps of every arm (30 and 60 left every arm near 0: docs/ABLATIONS.md)
     packs_per_step: int = 4  # packs per optimizer step (about 3,700 tokens: ~8 samples of ~470 tokens)
     pack_tokens: int = 1024  # pack.max_seq_len of the arms' packs (see below)
     arms: tuple[str, ...] = tuple(arm.name for arm in ARMS)
+
+    # Why 640 warm-up images (the demo: 160): the same 150 warm-up steps see each image about twice
+    # instead of about 7 times, and the warmed-up captioner then leaves the colour out of many captions
+    # (136 of 320 on colour questions, probe of 2026-12-01; 21 of 320 with 160 images), so the caption
+    # reward has vague captions to filter on the attribute the policy reads (docs/ABLATIONS.md).
 
     # Why 1024-token packs: on CPU, Megatron's local attention computes the whole pack x pack score
     # matrix under the block-diagonal mask, so the longer the pack the more of it is wasted on pairs

@@ -6,7 +6,8 @@ wrote, reading the store's ``captions``, ``trajectories`` and ``scores`` tables:
 
 * **caption reward vs caption correctness** — each caption is ``right`` (states the gold value of
   the asked attribute), ``vague`` (leaves it out) or ``wrong`` (states another value); per class:
-  how many, their mean caption reward, and the share at or above α;
+  how many, their mean caption reward, and the share at or above α; and the classes per question
+  type (``category``), which shows which attribute the policy reads;
 * **length vs errors** — each trajectory is a ``guess`` ("I guess"), a ``detour`` (re-checks after
   a wrong intermediate value) or ``clean``; per class: count, mean tokens, pass rate; and the pass
   rate and detour share by length tercile of the trajectories from ``right`` captions;
@@ -64,6 +65,17 @@ def caption_signal(store: Path, answers: dict[str, str], alpha: float) -> dict[s
             for name, values in by_class.items()}
 
 
+def captions_by_type(store: Path, rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per question type (the input's ``category``): how many captions are right, vague and wrong."""
+    kinds = {row["id"]: row.get("category", "all") for row in rows}
+    answers = {row["id"]: str(row["answer"]) for row in rows}
+    counts: dict[str, Counter] = {}
+    for caption in read_table(store / "captions", ["id", "k", "text"]):
+        if caption["id"] in answers:
+            counts.setdefault(kinds[caption["id"]], Counter())[caption_class(caption["text"], answers[caption["id"]])] += 1
+    return {kind: {name: counter[name] for name in CAPTION_CLASSES} for kind, counter in sorted(counts.items())}
+
+
 def _joined(store: Path, answers: dict[str, str]) -> list[dict[str, Any]]:
     """One dict per scored trajectory: correct, num_tokens, caption_reward, class, its caption's class."""
     texts = {(t["id"], t["k"], t["n"]): t["text"] for t in read_table(store / "trajectories", ["id", "k", "n", "text"])}
@@ -110,10 +122,10 @@ def composition(trajectories: list[dict[str, Any]]) -> dict[str, Any]:
 
 def rollout_signals(store: Path, inputs: Path, alpha: float) -> dict[str, Any]:
     """Caption-reward and length signals of a store, for the questions of ``inputs`` (JSONL)."""
-    answers = {row["id"]: str(row["answer"]) for row in
-               map(json.loads, Path(inputs).read_text(encoding="utf-8").splitlines())}
+    rows = [json.loads(line) for line in Path(inputs).read_text(encoding="utf-8").splitlines()]
+    answers = {row["id"]: str(row["answer"]) for row in rows}
     return {"alpha": alpha, "caption_reward_by_caption": caption_signal(store, answers, alpha),
-            "length_vs_errors": length_signal(store, answers)}
+            "captions_by_type": captions_by_type(store, rows), "length_vs_errors": length_signal(store, answers)}
 
 
 def format_signals(signals: dict[str, Any]) -> list[str]:
@@ -122,6 +134,8 @@ def format_signals(signals: dict[str, Any]) -> list[str]:
     for name, entry in signals["caption_reward_by_caption"].items():
         lines.append(f"    {name:<6} {entry['captions']:>5} captions, mean reward {entry['reward_mean']}, "
                      f">= alpha {entry['at_or_above_alpha']}")
+    for kind, classes in signals.get("captions_by_type", {}).items():
+        lines.append(f"    {kind} questions: " + ", ".join(f"{name} {count}" for name, count in classes.items()))
     lines.append("  trajectories by shape:")
     for name, entry in signals["length_vs_errors"]["by_class"].items():
         lines.append(f"    {name:<6} {entry['trajectories']:>5}, mean {entry['mean_tokens']} tokens, "
