@@ -197,18 +197,37 @@ def test_checks_fail_on_empty_selection_dropped_samples_or_no_lift():
     assert not all(check["ok"] for check in checks(flat, base))
 
 
-def run_smoke(workdir) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "sophia_tools.ablations", "--smoke", "--workdir", str(workdir)],
+def run_smoke(workdir, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "sophia_tools.ablations", "--smoke", "--workdir", str(workdir), *args],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def test_set_changes_the_shared_sizes_with_their_types_and_names_a_wrong_key():
+    from sophia_tools.ablations.__main__ import with_shared_changes
+    from sophia_tools.demo import DemoError
+
+    changed = with_shared_changes(SMOKE_ABLATIONS, ["warmup_images=640", "captioner_lr=0.002"])
+    assert (changed.shared.warmup_images, changed.shared.captioner_lr) == (640, 0.002)
+    assert changed.as_record() != SMOKE_ABLATIONS.as_record()  # so a workdir made without it refuses it
+    assert replace(changed.shared, warmup_images=SMOKE_ABLATIONS.shared.warmup_images,
+                   captioner_lr=SMOKE_ABLATIONS.shared.captioner_lr) == SMOKE_ABLATIONS.shared
+    with pytest.raises(DemoError, match="warmup_image=3.*warmup_images"):
+        with_shared_changes(SMOKE_ABLATIONS, ["warmup_image=3"])
+    with pytest.raises(DemoError, match="captioner_steps takes a int"):
+        with_shared_changes(SMOKE_ABLATIONS, ["captioner_steps=1e-3"])
 
 
 @pytest.mark.slow
 def test_ablations_smoke_end_to_end_then_reused(tmp_path):
     """Smoke test (tiny sizes, one seed, 2 steps per arm): the pipeline, not the method's effect."""
     workdir = tmp_path / "ablations"
+    probe = run_smoke(workdir, "--until", "rollout")  # the shared stages only, then their signals
+    assert "caption reward by what the caption says" in probe.stdout
+    assert (workdir / "done" / "rollout.json").is_file() and not list((workdir / "done").glob("baseline_*"))
     proc = run_smoke(workdir)
+    assert f"[ablations] {'rollout':<17} reused" in proc.stdout
     report = json.loads((workdir / "ablations.json").read_text())
     assert report["table"] in proc.stdout
     assert (workdir / "ablations.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,9 +1,15 @@
-"""``python -m sophia_tools.ablations [--workdir .ablations] [--smoke] [--arms a,b] [--seeds 0,1,2]``.
+"""``python -m sophia_tools.ablations [--workdir .ablations] [--smoke] [--arms a,b] [--seeds 0,1,2]
+[--set KEY=VALUE ...] [--until rollout]``.
 
 Runs the stages of :mod:`sophia_tools.ablations` in one workdir; every stage leaves
 ``done/STAGE.json`` and is reused on the next run, so an interrupted run resumes and a finished
 arm is never trained twice. A workdir remembers its settings and refuses others (``--arms`` and
 ``--seeds`` pick a subset of the recorded ones; the report covers what has been run).
+
+``--set warmup_images=640`` changes a size of the shared stages (a field of
+:class:`sophia_tools.demo.DemoSettings`); ``--until rollout`` stops after the shared rollout and
+prints its signals. Together they probe a task or warm-up setting in a few minutes before any arm
+is trained (docs/ABLATIONS.md, "Probes").
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +148,9 @@ def check_settings(demo: Demo, settings: AblationSettings) -> None:
     write_json(record, wanted)
 
 
-def run(workdir: Path, settings: AblationSettings, arms: list[str], seeds: list[int]) -> dict[str, Any]:
+def run(workdir: Path, settings: AblationSettings, arms: list[str], seeds: list[int],
+        until: str | None = None) -> dict[str, Any]:
+    """Every stage in order; with ``until="rollout"`` only the shared ones (returns the rollout's record)."""
     from sophia_tools.ablations.report import write_report
 
     started = time.perf_counter()
@@ -150,6 +159,8 @@ def run(workdir: Path, settings: AblationSettings, arms: list[str], seeds: list[
     for name, body in SHARED_STAGES.items():
         demo.stage(name, lambda body=body: body(demo))
     rollout = demo.stage("rollout", lambda: stage_rollout(demo))
+    if until == "rollout":
+        return rollout
     baseline = {seed: demo.stage(f"baseline_seed{seed}", lambda seed=seed: stage_baseline(demo, seed))
                 for seed in seeds}
     results = {}
@@ -170,6 +181,21 @@ def _subset(text: str | None, recorded: tuple, kind: type) -> list:
     return wanted
 
 
+def with_shared_changes(settings: AblationSettings, assignments: list[str]) -> AblationSettings:
+    """``settings`` with ``KEY=VALUE`` changes to its shared demo sizes, each value of the field's type."""
+    fields = {name: type(value) for name, value in asdict(settings.shared).items()}
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or key not in fields:
+            raise DemoError(f"--set {assignment!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        try:
+            changes[key] = fields[key](text)
+        except ValueError as exc:
+            raise DemoError(f"--set {assignment!r}: {key} takes a {fields[key].__name__} ({exc})") from exc
+    return replace(settings, shared=replace(settings.shared, **changes))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sophia_tools.ablations", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path(".ablations"),
@@ -177,14 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one seed: the pipeline only (tests)")
     parser.add_argument("--arms", help=f"comma-separated subset of {','.join(arm.name for arm in ARMS)}")
     parser.add_argument("--seeds", help="comma-separated subset of the settings' seeds")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a size of the shared stages (a DemoSettings field, e.g. warmup_images=640)")
+    parser.add_argument("--until", choices=("rollout",), help="stop after the shared rollout; print its signals")
     args = parser.parse_args(argv)
-    settings = SMOKE_ABLATIONS if args.smoke else FULL_ABLATIONS
     try:
+        settings = with_shared_changes(SMOKE_ABLATIONS if args.smoke else FULL_ABLATIONS, args.set)
         report = run(args.workdir, settings, _subset(args.arms, settings.arms, str),
-                     _subset(args.seeds, settings.seeds, int))
+                     _subset(args.seeds, settings.seeds, int), until=args.until)
     except DemoError as exc:
         print(f"\n[ablations] FAILED: {exc}", file=sys.stderr)
         return 1
+    if args.until == "rollout":
+        from sophia_tools.demo.signals import format_signals
+
+        print("\n".join(["rollout signals (the shared store):", *format_signals(report["signals"])]))
+        return 0
     print(report["table"])
     failed = [check["check"] for check in report["checks"] if not check["ok"]]
     if failed and not args.smoke:  # at smoke sizes the models are barely warmed up: the pipeline only
