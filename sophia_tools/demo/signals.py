@@ -51,29 +51,30 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def caption_signal(store: Path, answers: dict[str, str], alpha: float) -> dict[str, Any]:
+def classified_captions(store: Path, answers: dict[str, str]) -> list[tuple[tuple[str, int], str]]:
+    """((id, k), class) of every caption of the store whose question is in ``answers``."""
+    return [((caption["id"], caption["k"]), caption_class(caption["text"], answers[caption["id"]]))
+            for caption in read_table(store / "captions", ["id", "k", "text"]) if caption["id"] in answers]
+
+
+def caption_signal(captions: list[tuple[tuple[str, int], str]], store: Path, alpha: float) -> dict[str, Any]:
     """Per caption class: count, mean caption reward, share of captions at or above α."""
     reward = {(s["id"], s["k"]): s["caption_reward"]
               for s in read_table(store / "scores", ["id", "k", "caption_reward"])}
     by_class: dict[str, list[float]] = {name: [] for name in CAPTION_CLASSES}
-    for caption in read_table(store / "captions", ["id", "k", "text"]):
-        key = (caption["id"], caption["k"])
-        if key in reward and caption["id"] in answers:
-            by_class[caption_class(caption["text"], answers[caption["id"]])].append(reward[key])
+    for key, name in captions:
+        if key in reward:
+            by_class[name].append(reward[key])
     return {name: {"captions": len(values), "reward_mean": _mean(values),
                    "at_or_above_alpha": _mean([float(v + 1e-9 >= alpha) for v in values])}
             for name, values in by_class.items()}
 
 
-def captions_by_type(store: Path, rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+def captions_by_type(captions: list[tuple[tuple[str, int], str]], kinds: dict[str, str]) -> dict[str, dict[str, int]]:
     """Per question type (the input's ``category``): how many captions are right, vague and wrong."""
-    kinds = {row["id"]: row.get("category", "all") for row in rows}
-    answers = {row["id"]: str(row["answer"]) for row in rows}
-    counts: dict[str, Counter] = {}
-    for caption in read_table(store / "captions", ["id", "k", "text"]):
-        if caption["id"] in answers:
-            counts.setdefault(kinds[caption["id"]], Counter())[caption_class(caption["text"], answers[caption["id"]])] += 1
-    return {kind: {name: counter[name] for name in CAPTION_CLASSES} for kind, counter in sorted(counts.items())}
+    counts = Counter((kinds[key[0]], name) for key, name in captions)
+    return {kind: {name: counts[(kind, name)] for name in CAPTION_CLASSES}
+            for kind in sorted({kind for kind, _ in counts})}
 
 
 def _joined(store: Path, answers: dict[str, str]) -> list[dict[str, Any]]:
@@ -124,8 +125,10 @@ def rollout_signals(store: Path, inputs: Path, alpha: float) -> dict[str, Any]:
     """Caption-reward and length signals of a store, for the questions of ``inputs`` (JSONL)."""
     rows = [json.loads(line) for line in Path(inputs).read_text(encoding="utf-8").splitlines()]
     answers = {row["id"]: str(row["answer"]) for row in rows}
-    return {"alpha": alpha, "caption_reward_by_caption": caption_signal(store, answers, alpha),
-            "captions_by_type": captions_by_type(store, rows), "length_vs_errors": length_signal(store, answers)}
+    captions = classified_captions(store, answers)
+    kinds = {row["id"]: row.get("category", "all") for row in rows}
+    return {"alpha": alpha, "caption_reward_by_caption": caption_signal(captions, store, alpha),
+            "captions_by_type": captions_by_type(captions, kinds), "length_vs_errors": length_signal(store, answers)}
 
 
 def format_signals(signals: dict[str, Any]) -> list[str]:
